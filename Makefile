@@ -1,0 +1,37 @@
+# Every target depends on the virtualenv, so any of them works as the first command on a fresh clone.
+VENV   ?= .venv
+PYTHON ?= python3
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+TORCH_PIN := torch==2.13.0
+ARGS   ?=
+
+.PHONY: install train translate test test-all tensorboard clean
+
+install: $(STAMP)
+
+# torch first, pinned: an unpinned torch would pull gigabytes of CUDA packages on a CPU machine.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH_PIN)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(BIN)/nmt-train $(ARGS)
+
+translate: $(STAMP)
+	$(BIN)/nmt-translate $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" -q $(ARGS)
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q $(ARGS)
+
+tensorboard: $(STAMP)
+	$(BIN)/tensorboard --logdir runs $(ARGS)
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,0 +1,49 @@
+"""The bridge: the encoder's final (h, c) of every layer -> the decoder's initial (h, c).
+
+This is the seeds' z_n -> z'_0: without attention it is the only path from source to target.
+- same depth and width: copied layer by layer;
+- same depth, other width (e.g. a bidirectional encoder): per-layer linear + tanh;
+- other depth: all encoder layers, concatenated, through one linear + tanh to all decoder layers.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from nmt.encoder import RecurrentState
+
+
+class Bridge(nn.Module):
+    def __init__(self, encoder_layers: int, encoder_size: int, decoder_layers: int, decoder_size: int) -> None:
+        super().__init__()
+        self.encoder_layers, self.encoder_size = encoder_layers, encoder_size
+        self.decoder_layers, self.decoder_size = decoder_layers, decoder_size
+        self.h_proj: nn.ModuleList | None = None
+        self.c_proj: nn.ModuleList | None = None
+        if encoder_layers == decoder_layers and encoder_size == decoder_size:
+            self.mode = "copy"
+        elif encoder_layers == decoder_layers:
+            self.mode = "per_layer"
+            self.h_proj = nn.ModuleList(nn.Linear(encoder_size, decoder_size) for _ in range(decoder_layers))
+            self.c_proj = nn.ModuleList(nn.Linear(encoder_size, decoder_size) for _ in range(decoder_layers))
+        else:
+            self.mode = "all_layers"
+            self.h_proj = nn.ModuleList([nn.Linear(encoder_layers * encoder_size, decoder_layers * decoder_size)])
+            self.c_proj = nn.ModuleList([nn.Linear(encoder_layers * encoder_size, decoder_layers * decoder_size)])
+
+    def forward(self, final: RecurrentState) -> RecurrentState:
+        """(encoder_layers, batch, encoder_size) each -> (decoder_layers, batch, decoder_size)."""
+        assert final.h.shape[0] == self.encoder_layers and final.h.shape[2] == self.encoder_size, final.h.shape
+        if self.mode == "copy":
+            return final
+        return RecurrentState(self._map(final.h, self.h_proj), self._map(final.c, self.c_proj))
+
+    def _map(self, state: torch.Tensor, projections: nn.ModuleList | None) -> torch.Tensor:
+        assert projections is not None
+        if self.mode == "per_layer":
+            return torch.stack([torch.tanh(proj(layer)) for proj, layer in zip(projections, state)])
+        batch_size = state.shape[1]
+        flat = state.transpose(0, 1).reshape(batch_size, -1)  # (batch, enc_layers * enc_size)
+        mapped = torch.tanh(projections[0](flat))  # (batch, dec_layers * dec_size)
+        return mapped.view(batch_size, self.decoder_layers, self.decoder_size).transpose(0, 1).contiguous()

@@ -1,0 +1,64 @@
+"""Checkpoints: written atomically, loaded with `weights_only=True`, self-contained.
+
+A checkpoint is a plain dict of tensors, numbers, strings and bytes:
+`format`, `config` (the resolved Config as a dict), `tokenizer` (SentencePiece model bytes),
+`model` (state dict) and, for resuming, `optimizer`, `scheduler`, `rng`, `progress`.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = "nmt-checkpoint-1"
+LAST, BEST = "last.pt", "best.pt"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be found or read; the message says which and why."""
+
+
+def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
+    """Write to a temporary file beside `path`, flush to disk, then rename over it: a crash at
+    any moment leaves either the old checkpoint or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            torch.save({"format": FORMAT, **payload}, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
+        raise CheckpointError(f"{path} is not a readable nmt checkpoint: {str(error).splitlines()[0]}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an nmt checkpoint (expected format {FORMAT!r})")
+    return payload
+
+
+def resolve_checkpoint(run_or_checkpoint: str | Path) -> Path:
+    """A checkpoint file as given, or a run directory's best checkpoint (else its last)."""
+    path = Path(run_or_checkpoint).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        for candidate in (path / "checkpoints" / BEST, path / "checkpoints" / LAST, path / BEST, path / LAST):
+            if candidate.is_file():
+                return candidate
+        raise CheckpointError(f"{path} holds no checkpoints/{BEST} or checkpoints/{LAST}; is it a run directory?")
+    raise CheckpointError(f"{path} does not exist; give a run directory or a .pt checkpoint")

@@ -1,0 +1,227 @@
+"""Typed configuration: the one place where defaults live.
+
+Hydra composes `conf/` on top of these dataclasses (registered as the schema `nmt_config`), so a
+misspelt key stops the run at start. `to_config` turns the composed config into these dataclasses;
+their `__post_init__` checks values, so a bad value is reported in one line naming the key.
+The model, data and search code never see Hydra: they take plain arguments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+ATTENTION_KINDS = ("none", "bahdanau", "luong_dot", "luong_general")
+TOKENIZER_KINDS = ("unigram", "bpe")
+INIT_KINDS = ("uniform", "xavier", "pytorch")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A configuration value a user gave is invalid; the message names the key and the fix."""
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    _check(value in choices, f"{key}={value!r} is not valid; choose one of: {', '.join(choices)}")
+
+
+def _check_positive(key: str, value: float, allow_zero: bool = False) -> None:
+    ok = value >= 0 if allow_zero else value > 0
+    _check(ok, f"{key}={value} must be {'>= 0' if allow_zero else '> 0'}")
+
+
+@dataclass
+class TokenizerConfig:
+    kind: str = "unigram"  # unigram | bpe
+    vocab_size: int = 8000
+    joint: bool = True  # one model for both sides, or one per side
+    character_coverage: float = 1.0
+    # Sentences sampled for SentencePiece training (0: all of them).
+    max_sentences: int = 0
+
+    def __post_init__(self) -> None:
+        _check_choice("data.tokenizer.kind", self.kind, TOKENIZER_KINDS)
+        _check(self.vocab_size >= 16, f"data.tokenizer.vocab_size={self.vocab_size} must be >= 16")
+        _check(
+            0.9 <= self.character_coverage <= 1.0,
+            f"data.tokenizer.character_coverage={self.character_coverage} must be in [0.9, 1.0]",
+        )
+        _check_positive("data.tokenizer.max_sentences", self.max_sentences, allow_zero=True)
+
+
+@dataclass
+class DataConfig:
+    name: str = "multi30k_de_en"
+    # A hub id, a local directory in the hub layout (*.jsonl / parquet / csv), or a directory of
+    # line-aligned text files (train.de, train.en, ..., gzipped or not).
+    source: str = "bentrevett/multi30k"
+    src_lang: str = "de"
+    tgt_lang: str = "en"
+    # Split names as the training code knows them, mapped to file prefixes for text sources.
+    train_prefix: str = "train"
+    valid_prefix: str = "val"
+    test_prefix: str = "test"
+    # Training pairs longer than this (in pieces, either side) are dropped; val/test keep all.
+    max_len: int = 100
+    # Use only the first N training pairs (0: all); for smoke runs and tests.
+    train_limit: int = 0
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+
+    def __post_init__(self) -> None:
+        _check(bool(self.source), "data.source is empty; give a hub id or a local path")
+        _check(
+            self.src_lang != self.tgt_lang,
+            f"data.src_lang and data.tgt_lang are both {self.src_lang!r}; give two languages",
+        )
+        _check_positive("data.max_len", self.max_len)
+        _check_positive("data.train_limit", self.train_limit, allow_zero=True)
+
+
+@dataclass
+class EncoderConfig:
+    hidden_size: int = 256  # per direction
+    num_layers: int = 2
+    bidirectional: bool = True
+
+    def __post_init__(self) -> None:
+        _check_positive("model.encoder.hidden_size", self.hidden_size)
+        _check_positive("model.encoder.num_layers", self.num_layers)
+
+
+@dataclass
+class DecoderConfig:
+    hidden_size: int = 512
+    num_layers: int = 2
+
+    def __post_init__(self) -> None:
+        _check_positive("model.decoder.hidden_size", self.hidden_size)
+        _check_positive("model.decoder.num_layers", self.num_layers)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "lstm_attention"
+    embed_dim: int = 256
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    attention: str = "bahdanau"  # none | bahdanau | luong_dot | luong_general
+    # Feed the previous attentional vector into the next decoder input (Luong et al. 2015).
+    # Without attention there is no attentional vector, so it has no effect.
+    input_feeding: bool = True
+    dropout: float = 0.3
+    # Share the target embedding matrix with the output projection.
+    tie_embeddings: bool = False
+    init: str = "uniform"  # uniform (+-init_range) | xavier | pytorch (torch's defaults)
+    init_range: float = 0.1
+
+    def __post_init__(self) -> None:
+        _check_positive("model.embed_dim", self.embed_dim)
+        _check_choice("model.attention", self.attention, ATTENTION_KINDS)
+        _check_choice("model.init", self.init, INIT_KINDS)
+        _check(0.0 <= self.dropout < 1.0, f"model.dropout={self.dropout} must be in [0, 1)")
+        _check_positive("model.init_range", self.init_range)
+        encoder_out = self.encoder.hidden_size * (2 if self.encoder.bidirectional else 1)
+        _check(
+            self.attention != "luong_dot" or encoder_out == self.decoder.hidden_size,
+            f"model.attention=luong_dot needs the encoder output size ({encoder_out}) to equal "
+            f"model.decoder.hidden_size ({self.decoder.hidden_size}); use luong_general or "
+            "bahdanau, or change the sizes",
+        )
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 1234
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda
+    num_threads: int = 0  # CPU threads for torch; 0 leaves torch's default (every core)
+    batch_tokens: int = 4000  # padded tokens per batch: batch size x longest side
+    lr: float = 0.001
+    clip_norm: float = 1.0  # 0 disables clipping
+    label_smoothing: float = 0.1
+    # Learning-rate decay when validation loss stops improving.
+    lr_decay_factor: float = 0.5
+    lr_patience: int = 2
+    min_lr: float = 1e-5
+    # Stop at whichever comes first (0 disables a limit).
+    max_epochs: int = 20
+    max_steps: int = 0
+    max_minutes: float = 0.0
+    validate_every: int = 0  # steps; 0 validates at the end of every epoch
+    save_every: int = 200  # steps between last.pt checkpoints (and at every validation)
+    log_every: int = 50  # steps between train-loss log lines and TensorBoard points
+    # Validation BLEU decodes at most this many sentences (0: the whole validation set).
+    valid_bleu_sentences: int = 0
+    max_len_a: float = 1.5  # greedy decoding stops after a * src_len + b pieces
+    max_len_b: int = 10
+    # A run directory to continue from its checkpoints/last.pt.
+    resume: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_choice("train.device", self.device, DEVICES)
+        _check_positive("train.num_threads", self.num_threads, allow_zero=True)
+        _check_positive("train.batch_tokens", self.batch_tokens)
+        _check_positive("train.lr", self.lr)
+        _check_positive("train.clip_norm", self.clip_norm, allow_zero=True)
+        _check(
+            0.0 <= self.label_smoothing < 1.0,
+            f"train.label_smoothing={self.label_smoothing} must be in [0, 1)",
+        )
+        _check(
+            0.0 < self.lr_decay_factor <= 1.0,
+            f"train.lr_decay_factor={self.lr_decay_factor} must be in (0, 1]",
+        )
+        for key in ("lr_patience", "max_epochs", "max_steps", "validate_every", "save_every"):
+            _check_positive(f"train.{key}", getattr(self, key), allow_zero=True)
+        _check_positive("train.max_minutes", self.max_minutes, allow_zero=True)
+        _check_positive("train.log_every", self.log_every)
+        _check(
+            self.max_epochs or self.max_steps or self.max_minutes,
+            "no stopping rule: set train.max_epochs, train.max_steps or train.max_minutes",
+        )
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (str, int, float, bool, None): safe for `weights_only` checkpoints."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "Config":
+        data = dict(values["data"])
+        data["tokenizer"] = TokenizerConfig(**data["tokenizer"])
+        model = dict(values["model"])
+        model["encoder"] = EncoderConfig(**model["encoder"])
+        model["decoder"] = DecoderConfig(**model["decoder"])
+        return cls(
+            data=DataConfig(**data), model=ModelConfig(**model), train=TrainConfig(**values["train"])
+        )
+
+
+def register_configs() -> None:
+    """Register the schema with Hydra so `conf/config.yaml` is checked against it."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="nmt_config", node=Config)
+
+
+def to_config(cfg: Any) -> Config:
+    """Composed Hydra/OmegaConf config -> validated dataclasses (raises ConfigError)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        config = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as error:
+        raise ConfigError(str(error).splitlines()[0]) from None
+    assert isinstance(config, Config), type(config)
+    return config

@@ -1,0 +1,148 @@
+"""The decoder: an LSTM stack started from the bridged encoder state, with optional attention.
+
+Each step (Luong et al. 2015): the previous target embedding (and, with input feeding, the
+previous attentional vector) enters the LSTM stack; the top output `s_t` queries the encoder
+memory; the attentional vector `tanh(W [s_t; context_t])` goes to the output projection. Without
+attention the final encoder state, through the bridge, is all the decoder knows of the source.
+
+Search talks to it only through `step(prev_tokens, state) -> (log_probs, state)` and
+`DecoderState.reorder(index)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from nmt.attention import make_attention
+from nmt.encoder import EncoderOutput, RecurrentState
+from nmt.tokenizer import PAD_ID
+
+
+@dataclass
+class DecoderState:
+    hidden: RecurrentState  # (num_layers, batch, hidden_size) each
+    memory: torch.Tensor  # (batch, src_len, memory_size)
+    keys: torch.Tensor | None  # (batch, src_len, key_size), projected once per sentence
+    src_mask: torch.Tensor  # (batch, src_len) bool
+    attentional: torch.Tensor | None  # (batch, attentional_size): last step's, for input feeding
+    attention_weights: torch.Tensor | None = None  # (batch, src_len): last step's
+
+    def reorder(self, index: torch.Tensor) -> "DecoderState":
+        """A state whose row i is this state's row index[i] (beam search reselects rows)."""
+
+        def pick(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            return None if tensor is None else tensor.index_select(0, index)
+
+        return DecoderState(
+            hidden=self.hidden.index_select(index),
+            memory=self.memory.index_select(0, index),
+            keys=pick(self.keys),
+            src_mask=self.src_mask.index_select(0, index),
+            attentional=pick(self.attentional),
+            attention_weights=pick(self.attention_weights),
+        )
+
+
+class Decoder(nn.Module):
+    def __init__(
+        self,
+        vocab_size: int,
+        embed_dim: int,
+        hidden_size: int,
+        num_layers: int,
+        memory_size: int,
+        attention: str,
+        input_feeding: bool,
+        dropout: float,
+        tie_embeddings: bool,
+    ) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID)
+        self.dropout = nn.Dropout(dropout)
+        self.attention = make_attention(attention, hidden_size, memory_size)
+        self.input_feeding = input_feeding and self.attention is not None
+        # A tied output projection reads vectors of the embedding size.
+        self.attentional_size = embed_dim if tie_embeddings else hidden_size
+        rnn_input_size = embed_dim + (self.attentional_size if self.input_feeding else 0)
+        self.rnn = nn.LSTM(
+            rnn_input_size,
+            hidden_size,
+            num_layers,
+            batch_first=True,
+            dropout=dropout if num_layers > 1 else 0.0,
+        )
+        combine_in = hidden_size + (memory_size if self.attention is not None else 0)
+        self.combine: nn.Linear | None = None
+        if self.attention is not None or self.attentional_size != hidden_size:
+            self.combine = nn.Linear(combine_in, self.attentional_size, bias=False)
+        self.output = nn.Linear(self.attentional_size, vocab_size)
+        if tie_embeddings:
+            self.output.weight = self.embed.weight
+
+    @property
+    def fused(self) -> bool:
+        """Without input feeding no step depends on the last one's output: one LSTM call for all."""
+        return not self.input_feeding
+
+    def init_state(self, encoder_output: EncoderOutput, hidden: RecurrentState) -> DecoderState:
+        memory = encoder_output.memory
+        attentional = None
+        if self.input_feeding:
+            attentional = memory.new_zeros(memory.size(0), self.attentional_size)
+        return DecoderState(
+            hidden=hidden,
+            memory=memory,
+            keys=self.attention.project_keys(memory) if self.attention is not None else None,
+            src_mask=encoder_output.mask,
+            attentional=attentional,
+        )
+
+    def forward(self, tgt_in: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
+        """Teacher forcing: tgt_in (batch, tgt_len) -> logits (batch, tgt_len, vocab), state."""
+        embedded = self.dropout(self.embed(tgt_in))  # (batch, tgt_len, embed_dim)
+        if self.fused:
+            attentional, state = self._run(embedded, state)
+        else:
+            outputs = []
+            for t in range(embedded.size(1)):
+                step_out, state = self._run(embedded[:, t : t + 1], state)
+                outputs.append(step_out)
+            attentional = torch.cat(outputs, dim=1)
+        return self.output(attentional), state  # (batch, tgt_len, vocab)
+
+    def step(self, prev_tokens: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
+        """One decoding step for search: prev_tokens (batch,) -> log_probs (batch, vocab), state."""
+        embedded = self.dropout(self.embed(prev_tokens.unsqueeze(1)))  # (batch, 1, embed_dim)
+        attentional, state = self._run(embedded, state)
+        logits = self.output(attentional.squeeze(1))  # (batch, vocab)
+        return torch.log_softmax(logits.float(), dim=-1), state
+
+    def _run(self, embedded: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
+        """embedded (batch, steps, embed_dim) -> attentional vectors (batch, steps, size), state.
+
+        With input feeding, `steps` must be 1: each input needs the previous step's output.
+        """
+        rnn_input = embedded
+        if self.input_feeding:
+            assert embedded.size(1) == 1 and state.attentional is not None
+            rnn_input = torch.cat([embedded, state.attentional.unsqueeze(1)], dim=-1)
+        rnn_output, (h, c) = self.rnn(rnn_input, (state.hidden.h, state.hidden.c))  # (batch, steps, hidden)
+        weights = None
+        features = rnn_output
+        if self.attention is not None:
+            assert state.keys is not None
+            context, weights = self.attention(rnn_output, state.keys, state.memory, state.src_mask)
+            features = torch.cat([rnn_output, context], dim=-1)  # (batch, steps, hidden + memory)
+        if self.combine is not None:
+            features = torch.tanh(self.combine(features))  # (batch, steps, attentional_size)
+        attentional = self.dropout(features)
+        new_state = replace(
+            state,
+            hidden=RecurrentState(h, c),
+            attentional=attentional[:, -1] if self.input_feeding else None,
+            attention_weights=None if weights is None else weights[:, -1],
+        )
+        return attentional, new_state

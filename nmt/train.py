@@ -1,0 +1,361 @@
+"""Training: the Trainer and the `nmt-train` Hydra entry point.
+
+Hydra composes `conf/` into a validated `Config` at the edge (`main`); everything below takes
+plain arguments. One run directory per run (DESIGN.md): `.hydra/`, `tokenizer/`,
+`checkpoints/{last,best}.pt`, `tensorboard/`, `train.log`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import datasets
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from nmt.batching import BucketBatcher, collate, token_budget_batches
+from nmt.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
+from nmt.config import Config, DataConfig, TrainConfig
+from nmt.data import filter_by_length, load_corpus
+from nmt.evaluate import bleu
+from nmt.loss import sequence_loss
+from nmt.model import Seq2Seq, build_model, count_parameters
+from nmt.tokenizer import Tokenizer
+from nmt.translate import Translator, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved in every checkpoint so a resumed run picks up exactly here."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # batches of `epoch` already trained on
+    best_bleu: float = -1.0
+    train_seconds: float = 0.0  # wall time spent training, summed over resumes
+    tgt_tokens: int = 0
+
+
+def prepare_data(
+    config: DataConfig, tokenizer: Tokenizer | None = None, num_threads: int = 2
+) -> tuple[Tokenizer, datasets.DatasetDict]:
+    """Load the corpus, train a tokenizer on its training split unless one is given, and add
+    `src_ids`/`tgt_ids` columns; training pairs are then filtered by length."""
+    corpus = load_corpus(
+        config.source,
+        config.src_lang,
+        config.tgt_lang,
+        prefixes={"train": config.train_prefix, "validation": config.valid_prefix, "test": config.test_prefix},
+        train_limit=config.train_limit,
+    )
+    if tokenizer is None:
+        options = config.tokenizer
+        tokenizer = Tokenizer.train(
+            corpus["train"]["src"],
+            corpus["train"]["tgt"],
+            vocab_size=options.vocab_size,
+            kind=options.kind,
+            joint=options.joint,
+            character_coverage=options.character_coverage,
+            max_sentences=options.max_sentences,
+            num_threads=num_threads,
+        )
+
+    def encode(batch: dict) -> dict:
+        return {"src_ids": tokenizer.encode_src(batch["src"]), "tgt_ids": tokenizer.encode_tgt(batch["tgt"])}
+
+    encoded = datasets.DatasetDict(
+        {
+            split: dataset.map(
+                encode,
+                batched=True,
+                desc=f"encode {split}",
+                # Named by the vocabulary, so datasets' cache never mixes two tokenizers.
+                new_fingerprint=f"{dataset._fingerprint}-{tokenizer.fingerprint}",
+            )
+            for split, dataset in corpus.items()
+        }
+    )
+    encoded["train"] = filter_by_length(encoded["train"], config.max_len)
+    return tokenizer, encoded
+
+
+class Trainer:
+    def __init__(
+        self,
+        config: Config,
+        run_dir: Path,
+        tokenizer: Tokenizer,
+        corpus: datasets.DatasetDict,
+        device: torch.device,
+    ) -> None:
+        self.config = config
+        self.train_config: TrainConfig = config.train
+        self.run_dir = run_dir
+        self.checkpoint_dir = run_dir / "checkpoints"
+        self.tokenizer = tokenizer
+        self.device = device
+        torch.manual_seed(self.train_config.seed)
+        self.model: Seq2Seq = build_model(config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
+        self.model.to(device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.train_config.lr)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer,
+            mode="min",
+            factor=self.train_config.lr_decay_factor,
+            patience=self.train_config.lr_patience,
+            min_lr=self.train_config.min_lr,
+        )
+        # Plain lists: indexing a datasets column reads Arrow on every access.
+        self.train_src, self.train_tgt = list(corpus["train"]["src_ids"]), list(corpus["train"]["tgt_ids"])
+        self.batcher = BucketBatcher(
+            [len(s) for s in self.train_src], [len(t) for t in self.train_tgt],
+            self.train_config.batch_tokens, self.train_config.seed,
+        )  # fmt: skip
+        valid = corpus["validation"]
+        self.valid_src, self.valid_tgt = list(valid["src_ids"]), list(valid["tgt_ids"])
+        self.valid_refs = list(valid["tgt"])
+        self.validated_step = -1
+        self.translator = Translator(
+            self.model, tokenizer, device, self.train_config.batch_tokens,
+            self.train_config.max_len_a, self.train_config.max_len_b,
+        )  # fmt: skip
+        self.progress = Progress()
+        self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+        log.info("model: %s parameters", f"{count_parameters(self.model):,}")
+
+    # --- checkpoints -------------------------------------------------------------------------
+    def _payload(self, full: bool) -> dict:
+        payload = {
+            "config": self.config.to_dict(),
+            "tokenizer": self.tokenizer.state(),
+            "model": self.model.state_dict(),
+            "progress": asdict(self.progress),
+        }
+        if full:
+            payload["optimizer"] = self.optimizer.state_dict()
+            payload["scheduler"] = self.scheduler.state_dict()
+            payload["rng"] = {"torch": torch.get_rng_state()}
+            if torch.cuda.is_available():
+                payload["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+        return payload
+
+    def save(self, best: bool = False) -> None:
+        save_checkpoint(self._payload(full=True), self.checkpoint_dir / LAST)
+        if best:
+            save_checkpoint(self._payload(full=False), self.checkpoint_dir / BEST)
+
+    def restore(self, payload: dict) -> None:
+        """Continue from a `last.pt` payload: weights, optimizer, scheduler, RNG, data position."""
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        torch.set_rng_state(payload["rng"]["torch"])
+        if "cuda" in payload["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
+        self.progress = Progress(**payload["progress"])
+        log.info(
+            "resumed at step %d (epoch %d, batch %d), best BLEU %.2f",
+            self.progress.step, self.progress.epoch, self.progress.batch_in_epoch, self.progress.best_bleu,
+        )  # fmt: skip
+
+    # --- the loop ----------------------------------------------------------------------------
+    def _limit_reached(self, started: float) -> bool:
+        cfg, progress = self.train_config, self.progress
+        elapsed = progress.train_seconds + time.monotonic() - started
+        return bool(
+            (cfg.max_steps and progress.step >= cfg.max_steps)
+            or (cfg.max_epochs and progress.epoch >= cfg.max_epochs)
+            or (cfg.max_minutes and elapsed >= cfg.max_minutes * 60)
+        )
+
+    def train(self) -> Progress:
+        cfg, progress = self.train_config, self.progress
+        started = time.monotonic()
+        seconds_before = progress.train_seconds
+        window_tokens, window_loss, window_start = 0, 0.0, time.monotonic()
+        while not self._limit_reached(started):
+            batches = self.batcher.epoch_batches(progress.epoch)
+            bar = tqdm(
+                batches, desc=f"epoch {progress.epoch + 1}", initial=progress.batch_in_epoch,
+                total=len(batches), disable=None, dynamic_ncols=True, leave=False,
+            )  # fmt: skip
+            for indices in batches[progress.batch_in_epoch :]:
+                loss_sum, tokens = self._train_step(indices)
+                progress.step += 1
+                progress.batch_in_epoch += 1
+                progress.tgt_tokens += tokens
+                progress.train_seconds = seconds_before + time.monotonic() - started
+                window_tokens += tokens
+                window_loss += loss_sum
+                bar.update(1)
+                if progress.step % cfg.log_every == 0:
+                    elapsed = time.monotonic() - window_start
+                    self._log_train(window_loss / window_tokens, window_tokens / elapsed, bar)
+                    window_tokens, window_loss, window_start = 0, 0.0, time.monotonic()
+                at_limit = self._limit_reached(started)
+                if at_limit or (cfg.validate_every and progress.step % cfg.validate_every == 0):
+                    self._validate_and_save()
+                    window_start = time.monotonic()  # validation time is not training time
+                elif cfg.save_every and progress.step % cfg.save_every == 0:
+                    self.save()
+                if at_limit:
+                    break
+            bar.close()
+            if progress.batch_in_epoch == len(batches):
+                progress.epoch += 1
+                progress.batch_in_epoch = 0
+                if not cfg.validate_every:
+                    self._validate_and_save()
+                    window_start = time.monotonic()
+        if self.validated_step != progress.step:
+            self._validate_and_save()  # the final weights are always validated and saved
+        log.info(
+            "done: %d steps, %d epochs, %.1f min, best validation BLEU %.2f",
+            progress.step, progress.epoch, progress.train_seconds / 60, progress.best_bleu,
+        )  # fmt: skip
+        self.writer.close()
+        return progress
+
+    def _train_step(self, indices: list[int]) -> tuple[float, int]:
+        self.model.train()
+        batch = collate([self.train_src[i] for i in indices], [self.train_tgt[i] for i in indices])
+        batch = batch.to(self.device)
+        logits = self.model(batch.src, batch.src_lengths, batch.tgt_in)
+        loss_sum, _ = sequence_loss(logits, batch.tgt_out, self.train_config.label_smoothing)
+        tokens = batch.num_tgt_tokens
+        self.optimizer.zero_grad(set_to_none=True)
+        (loss_sum / tokens).backward()
+        if self.train_config.clip_norm:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train_config.clip_norm)
+        self.optimizer.step()
+        return loss_sum.item(), tokens
+
+    def _log_train(self, loss: float, tokens_per_s: float, bar: tqdm) -> None:
+        step, lr = self.progress.step, self.optimizer.param_groups[0]["lr"]
+        self.writer.add_scalar("train/loss", loss, step)
+        self.writer.add_scalar("train/lr", lr, step)
+        self.writer.add_scalar("train/tokens_per_s", tokens_per_s, step)
+        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:.0f}")
+        log.info(
+            "step %d epoch %d: loss %.3f, lr %.2g, %.0f target tokens/s, %.1f min",
+            step, self.progress.epoch + 1, loss, lr, tokens_per_s, self.progress.train_seconds / 60,
+        )  # fmt: skip
+
+    # --- validation --------------------------------------------------------------------------
+    def validate(self) -> dict[str, float]:
+        """Teacher-forced loss and perplexity, and BLEU of the greedy translations."""
+        self.model.eval()
+        src_ids, tgt_ids = self.valid_src, self.valid_tgt
+        lengths = [max(len(s), len(t)) + 1 for s, t in zip(src_ids, tgt_ids)]
+        nll_total, tokens = 0.0, 0
+        with torch.inference_mode():
+            for indices in token_budget_batches(lengths, self.train_config.batch_tokens):
+                batch = collate([src_ids[i] for i in indices], [tgt_ids[i] for i in indices]).to(self.device)
+                logits = self.model(batch.src, batch.src_lengths, batch.tgt_in)
+                _, nll = sequence_loss(logits, batch.tgt_out)
+                nll_total += float(nll)
+                tokens += batch.num_tgt_tokens
+        limit = self.train_config.valid_bleu_sentences or len(src_ids)
+        hypotheses = self.translator.translate_ids(src_ids[:limit])
+        score = bleu(hypotheses, self.valid_refs[:limit])
+        loss = nll_total / max(tokens, 1)
+        return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "bleu": score.score, "signature": score.signature}
+
+    def _validate_and_save(self) -> None:
+        result = self.validate()
+        step = self.validated_step = self.progress.step
+        for name in ("loss", "ppl", "bleu"):
+            self.writer.add_scalar(f"valid/{name}", result[name], step)
+        self.writer.flush()
+        self.scheduler.step(result["loss"])
+        improved = result["bleu"] > self.progress.best_bleu
+        if improved:
+            self.progress.best_bleu = result["bleu"]
+        self.save(best=improved)
+        log.info(
+            "validation at step %d: loss %.3f, ppl %.2f, BLEU %.2f%s (%s)",
+            step, result["loss"], result["ppl"], result["bleu"], " (best)" if improved else "",
+            result["signature"],
+        )  # fmt: skip
+
+
+def run_training(config: Config, run_dir: Path) -> Progress:
+    """Everything `nmt-train` does once its config is composed and checked."""
+    cfg = config.train
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    device = resolve_device(cfg.device)
+    resume_payload = None
+    tokenizer = None
+    if cfg.resume:
+        resume_payload = load_checkpoint(Path(cfg.resume) / "checkpoints" / LAST)
+        saved = Config.from_dict(resume_payload["config"])
+        _warn_ignored_changes(config, saved)
+        config = Config(data=saved.data, model=saved.model, train=cfg)
+        tokenizer = Tokenizer.from_state(resume_payload["tokenizer"])
+    log.info("run directory: %s; device %s, %d CPU threads", run_dir, device, torch.get_num_threads())
+    tokenizer, corpus = prepare_data(config.data, tokenizer, num_threads=torch.get_num_threads())
+    tokenizer.save(run_dir / "tokenizer")
+    log.info("vocabulary: %d source, %d target pieces", tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
+    trainer = Trainer(config, run_dir, tokenizer, corpus, device)
+    if resume_payload is not None:
+        trainer.restore(resume_payload)
+    return trainer.train()
+
+
+def _warn_ignored_changes(current: Config, saved: Config) -> None:
+    for section in ("data", "model"):
+        if getattr(current, section) != getattr(saved, section):
+            log.warning("resuming: the run's saved %s config is used; %s overrides are ignored", section, section)
+
+
+# --- the Hydra edge --------------------------------------------------------------------------
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def _run_dir_resolver(resume: str | None, fresh: str) -> str:
+    return str(Path(resume).expanduser()) if resume else fresh
+
+
+def _hydra_subdir_resolver(resume: str | None, now: str) -> str:
+    return f".hydra/resumed_{now}" if resume else ".hydra"
+
+
+def main() -> None:
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import DictConfig, OmegaConf
+
+    from nmt.checkpoint import CheckpointError
+    from nmt.config import ConfigError, register_configs, to_config
+    from nmt.data import DataError
+    from nmt.tokenizer import TokenizerError
+
+    register_configs()
+    datasets.disable_progress_bars()  # per-split map bars drown the log; tqdm shows training
+    OmegaConf.register_new_resolver("nmt_run_dir", _run_dir_resolver, replace=True)
+    OmegaConf.register_new_resolver("nmt_hydra_subdir", _hydra_subdir_resolver, replace=True)
+
+    @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
+    def hydra_main(cfg: DictConfig) -> None:
+        try:
+            config = to_config(cfg)
+            run_training(config, Path(HydraConfig.get().runtime.output_dir))
+        except (ConfigError, DataError, TokenizerError, CheckpointError) as error:
+            log.error("%s", error)
+            sys.exit(2)
+
+    hydra_main()
+
+
+if __name__ == "__main__":
+    main()
