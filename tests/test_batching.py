@@ -1,0 +1,55 @@
+import random
+
+import torch
+
+from nmt.batching import BucketBatcher, collate, token_budget_batches
+from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+
+def lengths(n: int, seed: int = 0) -> tuple[list[int], list[int]]:
+    rng = random.Random(seed)
+    return [rng.randint(1, 50) for _ in range(n)], [rng.randint(1, 50) for _ in range(n)]
+
+
+def test_every_sentence_exactly_once_per_epoch_within_the_budget():
+    src, tgt = lengths(1000)
+    batcher = BucketBatcher(src, tgt, batch_tokens=600, seed=1)
+    for epoch in range(3):
+        batches = batcher.epoch_batches(epoch)
+        seen = sorted(i for batch in batches for i in batch)
+        assert seen == list(range(1000))
+        for batch in batches:
+            padded = len(batch) * max(max(src[i], tgt[i]) + 1 for i in batch)
+            assert padded <= 600
+
+
+def test_batches_are_reproducible_per_seed_and_epoch_and_differ_across_epochs():
+    src, tgt = lengths(500)
+    first = BucketBatcher(src, tgt, 400, seed=7)
+    again = BucketBatcher(src, tgt, 400, seed=7)
+    assert first.epoch_batches(3) == again.epoch_batches(3)
+    assert first.epoch_batches(3) != first.epoch_batches(4)
+    assert first.epoch_batches(3) != BucketBatcher(src, tgt, 400, seed=8).epoch_batches(3)
+
+
+def test_batches_group_similar_lengths():
+    src, tgt = lengths(2000)
+    batcher = BucketBatcher(src, tgt, 2000, seed=0)
+    padded = sum(len(b) * max(batcher.lengths[i] for i in b) for b in batcher.epoch_batches(0))
+    assert sum(batcher.lengths) / padded > 0.9  # under 10% padding
+
+
+def test_an_oversized_sentence_gets_a_batch_of_its_own():
+    batches = token_budget_batches([3, 100, 4], batch_tokens=10)
+    assert sorted(map(sorted, batches)) == [[0, 2], [1]]
+
+
+def test_collate_pads_and_adds_bos_and_eos():
+    batch = collate([[5, 6, 7], [8]], [[9, 10], [11, 12, 13]])
+    assert batch.src.tolist() == [[5, 6, 7, EOS_ID], [8, EOS_ID, PAD_ID, PAD_ID]]
+    assert batch.src_lengths.tolist() == [4, 2]
+    assert batch.tgt_in.tolist() == [[BOS_ID, 9, 10, PAD_ID], [BOS_ID, 11, 12, 13]]
+    assert batch.tgt_out.tolist() == [[9, 10, EOS_ID, PAD_ID], [11, 12, 13, EOS_ID]]
+    assert batch.src_mask.tolist() == [[True] * 4, [True, True, False, False]]
+    assert batch.tgt_mask.sum().item() == batch.num_tgt_tokens == 7
+    assert batch.src.dtype == torch.long

@@ -1,0 +1,55 @@
+import pytest
+import torch
+
+from nmt import checkpoint
+from nmt.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint, save_checkpoint
+
+
+def test_round_trip_with_weights_only(tmp_path):
+    payload = {"model": {"w": torch.arange(4.0)}, "tokenizer": {"src_model": b"\x00\x01", "tgt_model": None}}
+    path = tmp_path / "checkpoints" / "last.pt"
+    save_checkpoint(payload, path)
+    loaded = load_checkpoint(path)
+    torch.testing.assert_close(loaded["model"]["w"], torch.arange(4.0))
+    assert loaded["tokenizer"] == payload["tokenizer"]
+
+
+def test_a_crash_while_saving_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"step": 1}, path)
+
+    def crash(obj, stream):
+        stream.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint.torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({"step": 2}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary left behind
+
+
+def test_unreadable_or_foreign_files_are_clear_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable nmt checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not an nmt checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_run_directories_resolve_to_best_then_last(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match="is it a run directory"):
+        resolve_checkpoint(run)
+    save_checkpoint({}, run / "checkpoints" / "last.pt")
+    assert resolve_checkpoint(run).name == "last.pt"
+    save_checkpoint({}, run / "checkpoints" / "best.pt")
+    assert resolve_checkpoint(run).name == "best.pt"
+    assert resolve_checkpoint(run / "checkpoints" / "last.pt").name == "last.pt"
+    with pytest.raises(CheckpointError, match="does not exist"):
+        resolve_checkpoint(tmp_path / "nope")

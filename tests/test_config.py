@@ -1,0 +1,80 @@
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import OmegaConfBaseException
+
+from nmt.config import Config, ConfigError, register_configs, to_config
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def compose_config(*overrides: str) -> Config:
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        return to_config(compose(config_name="config", overrides=list(overrides)))
+
+
+def test_defaults_compose_into_typed_config():
+    config = compose_config("data.source=/tmp/corpus")
+    assert config.data.source == "/tmp/corpus"
+    assert (config.data.src_lang, config.data.tgt_lang) == ("de", "en")
+    assert config.model.attention == "bahdanau"
+    assert config.model.encoder.bidirectional is True
+
+
+def test_source_comes_from_nmt_data_unless_given(monkeypatch):
+    monkeypatch.setenv("NMT_DATA", "/data/multi30k")
+    assert compose_config().data.source == "/data/multi30k"
+    assert compose_config("data.source=/elsewhere").data.source == "/elsewhere"
+    monkeypatch.delenv("NMT_DATA")
+    assert compose_config().data.source == "bentrevett/multi30k"
+
+
+@pytest.mark.parametrize("pair", ["de_en", "en_de", "fr_en", "cs_en"])
+def test_one_multi30k_config_per_language_pair(pair):
+    config = compose_config(f"data=multi30k_{pair}")
+    assert f"{config.data.src_lang}_{config.data.tgt_lang}" == pair
+
+
+@pytest.mark.parametrize("preset", ["smoke", "quick", "default"])
+def test_presets_compose(preset):
+    config = compose_config(f"train={preset}")
+    assert config.train.max_epochs or config.train.max_steps or config.train.max_minutes
+
+
+def test_quick_preset_is_smaller_than_the_default_model():
+    quick, default = compose_config("train=quick"), compose_config()
+    assert quick.model.encoder.num_layers < default.model.encoder.num_layers
+    assert quick.train.max_minutes > 0
+
+
+def test_unknown_key_fails_at_start():
+    with pytest.raises((ConfigCompositionException, OmegaConfBaseException), match="lr_rate"):
+        compose_config("train.lr_rate=0.1")
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.attention=luong", "model.attention='luong' is not valid; choose one of: none, bahdanau"),
+        ("train.device=tpu", "train.device='tpu' is not valid"),
+        ("model.dropout=1.5", r"model.dropout=1.5 must be in \[0, 1\)"),
+        ("data.tgt_lang=de", "both 'de'"),
+        ("model.decoder.hidden_size=256 model.attention=luong_dot", r"encoder output size \(512\) to equal .* \(256\)"),
+    ],
+)
+def test_bad_values_are_reported_with_their_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        compose_config(*override.split())
+
+
+def test_wrong_type_is_a_config_error():
+    with pytest.raises((ConfigError, ConfigCompositionException, OmegaConfBaseException), match="batch_tokens"):
+        compose_config("train.batch_tokens=many")
+
+
+def test_config_survives_a_round_trip_through_a_plain_dict():
+    config = compose_config("train=quick")
+    assert Config.from_dict(config.to_dict()) == config

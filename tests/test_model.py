@@ -1,0 +1,156 @@
+import pytest
+import torch
+
+from nmt.attention import make_attention
+from nmt.batching import pad
+from nmt.bridge import Bridge
+from nmt.config import DecoderConfig, EncoderConfig, ModelConfig
+from nmt.encoder import RecurrentState
+from nmt.model import build_model
+
+VOCAB = 40
+
+
+def small_model(**overrides) -> torch.nn.Module:
+    options = dict(
+        embed_dim=16,
+        encoder=EncoderConfig(hidden_size=12, num_layers=2, bidirectional=True),
+        decoder=DecoderConfig(hidden_size=24, num_layers=2),
+        attention="bahdanau",
+        input_feeding=True,
+        dropout=0.0,
+    )
+    options.update(overrides)
+    torch.manual_seed(0)
+    return build_model(ModelConfig(**options), VOCAB, VOCAB).eval()
+
+
+def random_batch(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    rows = [torch.randint(4, VOCAB, (n,), generator=generator).tolist() for n in lengths]
+    return pad(rows), torch.tensor(lengths)
+
+
+def test_padding_changes_nothing_for_a_sentence_in_a_batch():
+    model = small_model()
+    src, lengths = random_batch([5, 9, 3, 7])
+    tgt_in = torch.randint(4, VOCAB, (4, 6))
+    with torch.no_grad():
+        batched = model.encode(src, lengths)
+        batched_logits = model(src, lengths, tgt_in)
+        for row, n in enumerate(lengths.tolist()):
+            alone = model.encode(src[row : row + 1, :n], lengths[row : row + 1])
+            torch.testing.assert_close(batched.final.h[:, row], alone.final.h[:, 0])
+            torch.testing.assert_close(batched.final.c[:, row], alone.final.c[:, 0])
+            torch.testing.assert_close(batched.memory[row, :n], alone.memory[0])
+            assert batched.memory[row, n:].abs().sum() == 0
+            alone_logits = model(src[row : row + 1, :n], lengths[row : row + 1], tgt_in[row : row + 1])
+            torch.testing.assert_close(batched_logits[row], alone_logits[0], atol=1e-5, rtol=1e-5)
+
+
+def test_encoder_final_state_joins_directions_per_layer():
+    model = small_model()
+    src, lengths = random_batch([4, 6])
+    out = model.encode(src, lengths)
+    assert out.memory.shape == (2, 6, 24)
+    assert out.final.h.shape == out.final.c.shape == (2, 2, 24)
+    # Top layer: the forward half is the output at the last real token, the backward half at 0.
+    torch.testing.assert_close(out.final.h[-1, 0, :12], out.memory[0, 3, :12])
+    torch.testing.assert_close(out.final.h[-1, 0, 12:], out.memory[0, 0, 12:])
+
+
+@pytest.mark.parametrize(
+    "enc_layers, enc_size, dec_layers, dec_size, mode",
+    [(2, 8, 2, 8, "copy"), (2, 16, 2, 8, "per_layer"), (3, 16, 1, 8, "all_layers"), (1, 8, 2, 8, "all_layers")],
+)
+def test_bridge_maps_every_encoder_layer_to_every_decoder_layer(enc_layers, enc_size, dec_layers, dec_size, mode):
+    bridge = Bridge(enc_layers, enc_size, dec_layers, dec_size)
+    final = RecurrentState(torch.randn(enc_layers, 5, enc_size), torch.randn(enc_layers, 5, enc_size))
+    out = bridge(final)
+    assert bridge.mode == mode
+    assert out.h.shape == out.c.shape == (dec_layers, 5, dec_size)
+    if mode == "copy":
+        assert out.h is final.h and out.c is final.c
+    else:
+        assert out.h.abs().max() < 1  # tanh
+        # Each decoder layer depends on the encoder's state: change one encoder row, see it move.
+        final.h[:, 0] += 1
+        moved = bridge(final)
+        assert not torch.allclose(moved.h[:, 0], out.h[:, 0])
+        torch.testing.assert_close(moved.h[:, 1:], out.h[:, 1:])
+
+
+@pytest.mark.parametrize("kind", ["bahdanau", "luong_dot", "luong_general"])
+def test_attention_weights_sum_to_one_over_real_tokens_only(kind):
+    attention = make_attention(kind, query_size=8, memory_size=8)
+    memory = torch.randn(3, 7, 8)
+    mask = torch.tensor([[True] * 7, [True] * 4 + [False] * 3, [True] + [False] * 6])
+    query = torch.randn(3, 5, 8)
+    context, weights = attention(query, attention.project_keys(memory), memory, mask)
+    assert weights.shape == (3, 5, 7) and context.shape == (3, 5, 8)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(3, 5))
+    assert (weights.masked_select(~mask.unsqueeze(1).expand_as(weights)) == 0).all()
+    torch.testing.assert_close(weights[2, :, 0], torch.ones(5))
+    # Padding content cannot leak into the context.
+    memory[1, 4:] = 1e6
+    context_again, _ = attention(query, attention.project_keys(memory), memory, mask)
+    torch.testing.assert_close(context_again[1], context[1])
+
+
+@pytest.mark.parametrize("attention", ["none", "bahdanau", "luong_dot", "luong_general"])
+@pytest.mark.parametrize("input_feeding", [False, True])
+def test_teacher_forcing_equals_stepping_the_decoder(attention, input_feeding):
+    model = small_model(attention=attention, input_feeding=input_feeding)
+    src, lengths = random_batch([5, 3, 8])
+    tgt_in = torch.randint(4, VOCAB, (3, 7))
+    assert model.decoder.fused == (not model.decoder.input_feeding)
+    with torch.no_grad():
+        logits = model(src, lengths, tgt_in)
+        state = model.init_decoder(model.encode(src, lengths))
+        for t in range(tgt_in.size(1)):
+            log_probs, state = model.decoder.step(tgt_in[:, t], state)
+            torch.testing.assert_close(log_probs, torch.log_softmax(logits[:, t], -1), atol=1e-5, rtol=1e-5)
+
+
+def test_without_attention_the_final_state_is_the_only_bridge():
+    model = small_model(attention="none", input_feeding=False)
+    src, lengths = random_batch([5, 6])
+    tgt_in = torch.randint(4, VOCAB, (2, 4))
+    with torch.no_grad():
+        encoded = model.encode(src, lengths)
+        state = model.init_decoder(encoded)
+        logits, _ = model.decoder(tgt_in, state)
+        state.memory = torch.randn_like(state.memory)  # the memory is never read
+        again, _ = model.decoder(tgt_in, state)
+        torch.testing.assert_close(logits, again)
+        state.hidden = RecurrentState(state.hidden.h + 0.5, state.hidden.c)
+        moved, _ = model.decoder(tgt_in, state)
+        assert not torch.allclose(moved, logits)
+
+
+def test_state_reorder_selects_batch_rows():
+    model = small_model()
+    src, lengths = random_batch([5, 3, 8])
+    with torch.no_grad():
+        state = model.init_decoder(model.encode(src, lengths))
+        _, state = model.decoder.step(torch.tensor([4, 5, 6]), state)
+        index = torch.tensor([2, 2, 0])
+        reordered = state.reorder(index)
+        log_probs, _ = model.decoder.step(torch.tensor([7, 7, 7]), reordered)
+        expected, _ = model.decoder.step(torch.tensor([7, 7, 7]), state)
+    torch.testing.assert_close(log_probs, expected[index])
+
+
+def test_tied_embeddings_share_the_output_matrix_and_train():
+    model = small_model(tie_embeddings=True).train()
+    assert model.decoder.output.weight is model.decoder.embed.weight
+    src, lengths = random_batch([4, 5])
+    logits = model(src, lengths, torch.randint(4, VOCAB, (2, 3)))
+    logits.sum().backward()
+    assert model.decoder.embed.weight.grad is not None
+
+
+def test_uniform_initialization_is_bounded_and_pad_embeddings_are_zero():
+    model = small_model()
+    assert all(p.abs().max() <= 0.1 + 1e-6 for p in model.parameters())
+    assert model.encoder.embed.weight[0].abs().sum() == 0

@@ -1,0 +1,55 @@
+import pytest
+
+from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, TokenizerError
+
+from conftest import PAIRS
+
+SRC = [de for de, _ in PAIRS]
+TGT = [en for _, en in PAIRS]
+
+
+@pytest.mark.parametrize("kind", ["unigram", "bpe"])
+@pytest.mark.parametrize("joint", [True, False])
+def test_round_trip_gives_back_the_text(kind, joint):
+    tokenizer = Tokenizer.train(SRC, TGT, vocab_size=60, kind=kind, joint=joint)
+    ids = tokenizer.encode_tgt(TGT)
+    assert tokenizer.decode_tgt(ids) == TGT
+    assert tokenizer.src.decode(tokenizer.encode_src(SRC)) == SRC
+    assert tokenizer.joint == joint
+
+
+def test_special_ids_are_fixed_and_never_in_encoded_text():
+    tokenizer = Tokenizer.train(SRC, TGT, vocab_size=60)
+    assert (tokenizer.pad_id, tokenizer.unk_id, tokenizer.bos_id, tokenizer.eos_id) == (0, 1, 2, 3)
+    assert tokenizer.src.pad_id() == PAD_ID and tokenizer.src.unk_id() == UNK_ID
+    assert tokenizer.src.bos_id() == BOS_ID and tokenizer.src.eos_id() == EOS_ID
+    for ids in tokenizer.encode_src(SRC):
+        assert not {PAD_ID, BOS_ID, EOS_ID} & set(ids)
+
+
+def test_decode_stops_at_eos_and_skips_bos_and_pad():
+    tokenizer = Tokenizer.train(SRC, TGT, vocab_size=60)
+    ids = tokenizer.encode_tgt(["The dog runs."])[0]
+    assert tokenizer.decode_tgt([[BOS_ID, *ids, EOS_ID, *ids, PAD_ID]]) == ["The dog runs."]
+
+
+def test_saved_and_checkpointed_tokenizers_encode_identically(tmp_path):
+    for joint in (True, False):
+        tokenizer = Tokenizer.train(SRC, TGT, vocab_size=60, joint=joint)
+        tokenizer.save(tmp_path / str(joint))
+        for copy in (Tokenizer.load(tmp_path / str(joint)), Tokenizer.from_state(tokenizer.state())):
+            assert copy.encode_src(SRC) == tokenizer.encode_src(SRC)
+            assert copy.encode_tgt(TGT) == tokenizer.encode_tgt(TGT)
+            assert copy.fingerprint == tokenizer.fingerprint
+
+
+def test_a_vocabulary_larger_than_the_corpus_allows_is_capped_not_fatal():
+    tokenizer = Tokenizer.train(SRC[:5], TGT[:5], vocab_size=5000)
+    assert 4 < tokenizer.src_vocab_size < 5000
+
+
+def test_bad_model_bytes_are_a_clear_error(tmp_path):
+    with pytest.raises(TokenizerError, match="not a valid SentencePiece model"):
+        Tokenizer(b"not a model")
+    with pytest.raises(TokenizerError, match="no SentencePiece model"):
+        Tokenizer.load(tmp_path)

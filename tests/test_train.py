@@ -1,0 +1,151 @@
+"""Training end to end: a run directory, exact resume, overfitting, and clean errors."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from nmt.checkpoint import load_checkpoint
+from nmt.config import Config, DataConfig, DecoderConfig, EncoderConfig, ModelConfig, TokenizerConfig, TrainConfig
+from nmt.train import run_training
+
+from conftest import PAIRS, write_lines
+
+BIN = Path(sys.executable).parent
+
+
+def tiny_config(source: Path, **train) -> Config:
+    train_options = dict(batch_tokens=300, lr=0.003, max_epochs=0, max_steps=12, save_every=4, log_every=4,
+                         validate_every=6, label_smoothing=0.1, num_threads=1)
+    train_options.update(train)
+    return Config(
+        data=DataConfig(name="toy", source=str(source), tokenizer=TokenizerConfig(vocab_size=80)),
+        model=ModelConfig(embed_dim=16, encoder=EncoderConfig(16, 1, True), decoder=DecoderConfig(32, 1), dropout=0.3),
+        train=TrainConfig(**train_options),
+    )
+
+
+def test_a_run_directory_holds_checkpoints_tensorboard_and_tokenizer(text_corpus, tmp_path):
+    run = tmp_path / "run"
+    progress = run_training(tiny_config(text_corpus), run)
+    assert progress.step == 12
+    assert (run / "checkpoints" / "last.pt").is_file() and (run / "checkpoints" / "best.pt").is_file()
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert (run / "tokenizer" / "joint.model").is_file()
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert {"model", "optimizer", "scheduler", "rng", "progress", "config", "tokenizer"} <= set(last)
+    assert last["progress"]["step"] == 12
+
+
+def test_resume_continues_exactly_where_the_run_stopped(text_corpus, tmp_path):
+    straight = tmp_path / "straight"
+    run_training(tiny_config(text_corpus, max_steps=12), straight)
+    interrupted = tmp_path / "interrupted"
+    run_training(tiny_config(text_corpus, max_steps=6), interrupted)
+    progress = run_training(tiny_config(text_corpus, max_steps=12, resume=str(interrupted)), interrupted)
+    assert progress.step == 12
+    a = load_checkpoint(straight / "checkpoints" / "last.pt")
+    b = load_checkpoint(interrupted / "checkpoints" / "last.pt")
+    assert a["progress"]["batch_in_epoch"] == b["progress"]["batch_in_epoch"]
+    for name, weight in a["model"].items():
+        torch.testing.assert_close(weight, b["model"][name], msg=name)
+
+
+def test_resume_keeps_the_runs_model_config(text_corpus, tmp_path):
+    run = tmp_path / "run"
+    run_training(tiny_config(text_corpus, max_steps=4), run)
+    changed = tiny_config(text_corpus, max_steps=8, resume=str(run))
+    changed.model.embed_dim = 64  # ignored: the checkpoint's model is continued
+    assert run_training(changed, run).step == 8
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["config"]["model"]["embed_dim"] == 16
+
+
+def nmt_train(*overrides: str, cwd: Path, env_extra: dict | None = None, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    return subprocess.Popen([str(BIN / "nmt-train"), *overrides], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def test_overfit_a_few_pairs_and_translate_them_back(tmp_path):
+    """A small model memorises 8 pairs; nmt-translate (a subprocess) reproduces the targets."""
+    pairs = PAIRS[::19][:8]
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for prefix in ("train", "val", "test"):
+        write_lines(corpus / f"{prefix}.de", [de for de, _ in pairs])
+        write_lines(corpus / f"{prefix}.en", [en for _, en in pairs])
+    run = tmp_path / "run"
+    process = nmt_train(
+        f"data.source={corpus}", "data.name=overfit", "data.tokenizer.vocab_size=60",
+        "model.embed_dim=32", "model.encoder.hidden_size=32", "model.encoder.num_layers=1",
+        "model.decoder.hidden_size=64", "model.decoder.num_layers=1", "model.dropout=0.0",
+        "train.lr=0.01", "train.label_smoothing=0", "train.max_epochs=0", "train.max_steps=400",
+        "train.validate_every=100", "train.log_every=100", "train.batch_tokens=1000", "train.num_threads=1",
+        f"hydra.run.dir={run}", cwd=tmp_path,
+    )  # fmt: skip
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output
+    assert "BLEU 100.00" in output
+    assert (run / ".hydra" / "config.yaml").is_file() and (run / "train.log").is_file()
+    translated = subprocess.run(
+        [str(BIN / "nmt-translate"), str(run)], input="\n".join(de for de, _ in pairs) + "\n\n",
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert translated.returncode == 0, translated.stderr
+    assert translated.stdout.split("\n")[:-1] == [en for _, en in pairs] + [""]
+
+
+def test_sigkill_mid_run_then_resume_finishes(text_corpus, tmp_path):
+    run = tmp_path / "run"
+    common = (f"data.source={text_corpus}", "data.name=toy", "data.tokenizer.vocab_size=80",
+              "model.embed_dim=16", "model.encoder.hidden_size=16", "model.encoder.num_layers=1",
+              "model.decoder.hidden_size=32", "model.decoder.num_layers=1", "train.batch_tokens=300",
+              "train.max_epochs=0", "train.max_steps=400", "train.save_every=5", "train.validate_every=200",
+              "train.num_threads=1")  # fmt: skip
+    process = nmt_train(*common, f"hydra.run.dir={run}", cwd=tmp_path)
+    last = run / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 120
+    while not last.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    killed_at = load_checkpoint(last)["progress"]["step"]
+    assert 0 < killed_at < 400
+    resumed = nmt_train(*common, f"train.resume={run}", cwd=tmp_path)
+    output, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, output
+    assert f"resumed at step {killed_at}" in output
+    assert load_checkpoint(last)["progress"]["step"] == 400
+    assert (run / ".hydra" / "config.yaml").is_file()  # the original config is kept
+    assert list((run / ".hydra").glob("resumed_*/config.yaml"))
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.source=/no/such/corpus", "data source directory '/no/such/corpus' does not exist"),
+        ("model.attention=luong", "model.attention='luong' is not valid"),
+    ],
+)
+def test_user_errors_end_in_one_clear_message(tmp_path, override, message):
+    process = nmt_train(override, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode != 0
+    assert message in output
+    assert "Traceback" not in output
+
+
+def test_unreachable_hub_names_the_override(tmp_path):
+    env = {"NMT_DATA": "", "HF_ENDPOINT": "http://127.0.0.1:9"}  # nothing listens on port 9
+    process = nmt_train("data.source=bentrevett/multi30k", f"hydra.run.dir={tmp_path / 'run'}",
+                        cwd=tmp_path, env_extra=env)  # fmt: skip
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode != 0
+    assert "data.source=PATH" in output and "NMT_DATA" in output
+    assert "Traceback" not in output
