@@ -8,7 +8,6 @@ A checkpoint is a plain dict of tensors, numbers, strings and bytes:
 from __future__ import annotations
 
 import os
-import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -44,8 +43,9 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         raise CheckpointError(f"no checkpoint at {path}")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
-        raise CheckpointError(f"{path} is not a readable nmt checkpoint: {str(error).splitlines()[0]}") from None
+    except Exception as error:  # a damaged file can fail anywhere in unpickling (struct, zip, ...)
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        raise CheckpointError(f"{path} is not a readable nmt checkpoint: {reason}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an nmt checkpoint (expected format {FORMAT!r})")
     return payload

@@ -33,9 +33,10 @@ def test_a_crash_while_saving_keeps_the_old_checkpoint(tmp_path, monkeypatch):
 def test_unreadable_or_foreign_files_are_clear_errors(tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoint"):
         load_checkpoint(tmp_path / "missing.pt")
-    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="not a readable nmt checkpoint"):
-        load_checkpoint(tmp_path / "junk.pt")
+    for junk in (b"not a checkpoint", b"junk", b""):
+        (tmp_path / "junk.pt").write_bytes(junk)
+        with pytest.raises(CheckpointError, match="not a readable nmt checkpoint"):
+            load_checkpoint(tmp_path / "junk.pt")
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not an nmt checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
