@@ -168,13 +168,12 @@ class Trainer:
         )  # fmt: skip
 
     # --- the loop ----------------------------------------------------------------------------
-    def _limit_reached(self, started: float) -> bool:
+    def _limit_reached(self) -> bool:
         cfg, progress = self.train_config, self.progress
-        elapsed = progress.train_seconds + time.monotonic() - started
         return bool(
             (cfg.max_steps and progress.step >= cfg.max_steps)
             or (cfg.max_epochs and progress.epoch >= cfg.max_epochs)
-            or (cfg.max_minutes and elapsed >= cfg.max_minutes * 60)
+            or (cfg.max_minutes and progress.train_seconds >= cfg.max_minutes * 60)
         )
 
     def train(self) -> Progress:
@@ -182,7 +181,7 @@ class Trainer:
         started = time.monotonic()
         seconds_before = progress.train_seconds
         window_tokens, window_loss, window_start = 0, 0.0, time.monotonic()
-        while not self._limit_reached(started):
+        while not self._limit_reached():
             batches = self.batcher.epoch_batches(progress.epoch)
             bar = tqdm(
                 batches, desc=f"epoch {progress.epoch + 1}", initial=progress.batch_in_epoch,
@@ -201,7 +200,7 @@ class Trainer:
                     elapsed = time.monotonic() - window_start
                     self._log_train(window_loss / window_tokens, window_tokens / elapsed, bar)
                     window_tokens, window_loss, window_start = 0, 0.0, time.monotonic()
-                at_limit = self._limit_reached(started)
+                at_limit = self._limit_reached()
                 if at_limit or (cfg.validate_every and progress.step % cfg.validate_every == 0):
                     self._validate_and_save()
                     window_start = time.monotonic()  # validation time is not training time

@@ -65,6 +65,27 @@ def test_resume_keeps_the_runs_model_config(text_corpus, tmp_path):
     assert load_checkpoint(run / "checkpoints" / "last.pt")["config"]["model"]["embed_dim"] == 16
 
 
+class FakeClock:
+    """Every reading is half a second after the last: training time without waiting for it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        self.now += 0.5
+        return self.now
+
+
+def test_max_minutes_stops_after_that_much_training_time(text_corpus, tmp_path, monkeypatch):
+    import nmt.train
+
+    monkeypatch.setattr(nmt.train, "time", FakeClock())
+    config = tiny_config(text_corpus, max_steps=0, max_minutes=0.5, validate_every=0)
+    progress = run_training(config, tmp_path / "run")
+    assert 30 <= progress.train_seconds < 35
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["progress"]["step"] == progress.step
+
+
 def nmt_train(*overrides: str, cwd: Path, env_extra: dict | None = None, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
     return subprocess.Popen([str(BIN / "nmt-train"), *overrides], cwd=cwd, env=env,
