@@ -272,8 +272,10 @@ class Trainer:
     def _validate_and_save(self) -> None:
         result = self.validate()
         step = self.validated_step = self.progress.step
+        minutes = self.progress.train_seconds / 60
         for name in ("loss", "ppl", "bleu"):
             self.writer.add_scalar(f"valid/{name}", result[name], step)
+        self.writer.add_scalar("valid/train_minutes", minutes, step)
         self.writer.flush()
         self.scheduler.step(result["loss"])
         improved = result["bleu"] > self.progress.best_bleu
@@ -281,8 +283,8 @@ class Trainer:
             self.progress.best_bleu = result["bleu"]
         self.save(best=improved)
         log.info(
-            "validation at step %d: loss %.3f, ppl %.2f, BLEU %.2f%s (%s)",
-            step, result["loss"], result["ppl"], result["bleu"], " (best)" if improved else "",
+            "validation at step %d (%.1f min): loss %.3f, ppl %.2f, BLEU %.2f%s (%s)",
+            step, minutes, result["loss"], result["ppl"], result["bleu"], " (best)" if improved else "",
             result["signature"],
         )  # fmt: skip
 

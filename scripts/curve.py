@@ -3,7 +3,7 @@
 
     python scripts/curve.py RUN_DIR [RUN_DIR ...]
 
-Columns: step, minutes since the run's first event, validation loss, perplexity and BLEU.
+Columns: step, minutes of training, validation loss, perplexity and BLEU.
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ def curve(run_dir: Path) -> list[tuple[int, float, float, float, float]]:
     tags = events.Tags()["scalars"]
     if "valid/bleu" not in tags:
         raise SystemExit(f"{run_dir}: no validation scalars in {run_dir / 'tensorboard'}")
-    start = min(e.wall_time for tag in tags for e in events.Scalars(tag))
     loss = {e.step: e.value for e in events.Scalars("valid/loss")}
     ppl = {e.step: e.value for e in events.Scalars("valid/ppl")}
-    rows = []
-    for event in events.Scalars("valid/bleu"):
-        minutes = (event.wall_time - start) / 60
-        rows.append((event.step, minutes, loss[event.step], ppl[event.step], event.value))
-    return rows
+    if "valid/train_minutes" in tags:
+        minutes = {e.step: e.value for e in events.Scalars("valid/train_minutes")}
+    else:  # older runs: wall-clock minutes since the first event
+        start = min(e.wall_time for tag in tags for e in events.Scalars(tag))
+        minutes = {e.step: (e.wall_time - start) / 60 for e in events.Scalars("valid/bleu")}
+    return [(e.step, minutes[e.step], loss[e.step], ppl[e.step], e.value) for e in events.Scalars("valid/bleu")]
 
 
 def main() -> None:

@@ -50,6 +50,11 @@ def test_quick_preset_is_smaller_than_the_default_model():
     assert quick.train.max_minutes > 0
 
 
+def test_presets_set_sizes_without_overriding_the_model_kind():
+    config = compose_config("model=lstm", "train=quick")
+    assert config.model.attention == "none" and config.model.decoder.num_layers == 1
+
+
 def test_unknown_key_fails_at_start():
     with pytest.raises((ConfigCompositionException, OmegaConfBaseException), match="lr_rate"):
         compose_config("train.lr_rate=0.1")
