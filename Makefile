@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 ARGS   ?=
 
-.PHONY: install train translate test test-all tensorboard clean
+.PHONY: install train translate eval test test-all tensorboard clean
 
 install: $(STAMP)
 
@@ -23,6 +23,9 @@ train: $(STAMP)
 
 translate: $(STAMP)
 	$(BIN)/nmt-translate $(ARGS)
+
+eval: $(STAMP)
+	$(BIN)/nmt-evaluate $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -q $(ARGS)

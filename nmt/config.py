@@ -154,9 +154,13 @@ class TrainConfig:
     validate_every: int = 0  # steps; 0 validates at the end of every epoch
     save_every: int = 200  # steps between last.pt checkpoints (and at every validation)
     log_every: int = 50  # steps between train-loss log lines and TensorBoard points
+    # Stop when validation BLEU has not improved for this many validations (0: never).
+    patience: int = 0
     # Validation BLEU decodes at most this many sentences (0: the whole validation set).
     valid_bleu_sentences: int = 0
-    max_len_a: float = 1.5  # greedy decoding stops after a * src_len + b pieces
+    valid_beam: int = 1  # beam size of the validation search (1: greedy)
+    valid_attention_plots: int = 3  # validation sentences whose attention goes to TensorBoard
+    max_len_a: float = 1.5  # decoding stops after a * src_len + b pieces
     max_len_b: int = 10
     # A run directory to continue from its checkpoints/last.pt.
     resume: str | None = None
@@ -175,7 +179,9 @@ class TrainConfig:
             0.0 < self.lr_decay_factor <= 1.0,
             f"train.lr_decay_factor={self.lr_decay_factor} must be in (0, 1]",
         )
-        for key in ("lr_patience", "max_epochs", "max_steps", "validate_every", "save_every"):
+        _check_positive("train.valid_beam", self.valid_beam)
+        for key in ("lr_patience", "max_epochs", "max_steps", "validate_every", "save_every", "patience",
+                    "valid_attention_plots", "valid_bleu_sentences"):  # fmt: skip
             _check_positive(f"train.{key}", getattr(self, key), allow_zero=True)
         _check_positive("train.max_minutes", self.max_minutes, allow_zero=True)
         _check_positive("train.log_every", self.log_every)

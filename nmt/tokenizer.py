@@ -118,6 +118,9 @@ class Tokenizer:
     def src_pieces(self, text: str) -> list[str]:
         return self.src.encode(text, out_type=str)
 
+    def src_id_pieces(self, ids: Sequence[int]) -> list[str]:
+        return [self.src.id_to_piece(int(i)) for i in ids]
+
     def tgt_pieces(self, ids: Sequence[int]) -> list[str]:
         return [self.tgt.id_to_piece(i) for i in _strip_specials(ids)]
 

@@ -11,7 +11,7 @@ import logging
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import datasets
@@ -26,6 +26,7 @@ from nmt.data import filter_by_length, load_corpus
 from nmt.evaluate import bleu
 from nmt.loss import sequence_loss
 from nmt.model import Seq2Seq, build_model, count_parameters
+from nmt.search import SearchOptions
 from nmt.tokenizer import Tokenizer
 from nmt.translate import Translator, resolve_device
 
@@ -40,8 +41,27 @@ class Progress:
     epoch: int = 0
     batch_in_epoch: int = 0  # batches of `epoch` already trained on
     best_bleu: float = -1.0
+    validations_since_best: int = 0  # for early stopping (train.patience)
     train_seconds: float = 0.0  # wall time spent training, summed over resumes
     tgt_tokens: int = 0
+
+
+class ThroughputMeter:
+    """Mean training loss per target token and target tokens per second since the last reset."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss, self.tokens, self.started = 0.0, 0, time.monotonic()
+
+    def add(self, loss_sum: float, tokens: int) -> None:
+        self.loss += loss_sum
+        self.tokens += tokens
+
+    def read(self) -> tuple[float, float]:
+        seconds = max(time.monotonic() - self.started, 1e-9)
+        return self.loss / max(self.tokens, 1), self.tokens / seconds
 
 
 def prepare_data(
@@ -124,11 +144,14 @@ class Trainer:
         self.valid_src, self.valid_tgt = list(valid["src_ids"]), list(valid["tgt_ids"])
         self.valid_refs = list(valid["tgt"])
         self.validated_step = -1
-        self.translator = Translator(
-            self.model, tokenizer, device, self.train_config.batch_tokens,
-            self.train_config.max_len_a, self.train_config.max_len_b,
-        )  # fmt: skip
+        options = SearchOptions(
+            beam_size=self.train_config.valid_beam,
+            max_len_a=self.train_config.max_len_a,
+            max_len_b=self.train_config.max_len_b,
+        )
+        self.translator = Translator(self.model, tokenizer, device, options, self.train_config.batch_tokens)
         self.progress = Progress()
+        self.meter = ThroughputMeter()
         self.writer = SummaryWriter(str(run_dir / "tensorboard"))
         log.info("model: %s parameters", f"{count_parameters(self.model):,}")
 
@@ -174,55 +197,54 @@ class Trainer:
             (cfg.max_steps and progress.step >= cfg.max_steps)
             or (cfg.max_epochs and progress.epoch >= cfg.max_epochs)
             or (cfg.max_minutes and progress.train_seconds >= cfg.max_minutes * 60)
+            or (cfg.patience and progress.validations_since_best >= cfg.patience)
         )
 
     def train(self) -> Progress:
-        cfg, progress = self.train_config, self.progress
-        started = time.monotonic()
-        seconds_before = progress.train_seconds
-        window_tokens, window_loss, window_start = 0, 0.0, time.monotonic()
+        """Train until a limit is reached; the final weights are validated and saved."""
+        progress = self.progress
+        self._started, self._seconds_before = time.monotonic(), progress.train_seconds
         while not self._limit_reached():
             batches = self.batcher.epoch_batches(progress.epoch)
-            bar = tqdm(
-                batches, desc=f"epoch {progress.epoch + 1}", initial=progress.batch_in_epoch,
-                total=len(batches), disable=None, dynamic_ncols=True, leave=False,
-            )  # fmt: skip
-            for indices in batches[progress.batch_in_epoch :]:
-                loss_sum, tokens = self._train_step(indices)
-                progress.step += 1
-                progress.batch_in_epoch += 1
-                progress.tgt_tokens += tokens
-                progress.train_seconds = seconds_before + time.monotonic() - started
-                window_tokens += tokens
-                window_loss += loss_sum
-                bar.update(1)
-                if progress.step % cfg.log_every == 0:
-                    elapsed = time.monotonic() - window_start
-                    self._log_train(window_loss / window_tokens, window_tokens / elapsed, bar)
-                    window_tokens, window_loss, window_start = 0, 0.0, time.monotonic()
-                at_limit = self._limit_reached()
-                if at_limit or (cfg.validate_every and progress.step % cfg.validate_every == 0):
-                    self._validate_and_save()
-                    window_start = time.monotonic()  # validation time is not training time
-                elif cfg.save_every and progress.step % cfg.save_every == 0:
-                    self.save()
-                if at_limit:
-                    break
-            bar.close()
-            if progress.batch_in_epoch == len(batches):
-                progress.epoch += 1
-                progress.batch_in_epoch = 0
-                if not cfg.validate_every:
-                    self._validate_and_save()
-                    window_start = time.monotonic()
+            self._run_epoch(batches)
+            if progress.batch_in_epoch < len(batches):
+                break  # a limit was reached inside the epoch
+            progress.epoch += 1
+            progress.batch_in_epoch = 0
+            if not self.train_config.validate_every:
+                self._validate_and_save()
         if self.validated_step != progress.step:
-            self._validate_and_save()  # the final weights are always validated and saved
+            self._validate_and_save()
         log.info(
             "done: %d steps, %d epochs, %.1f min, best validation BLEU %.2f",
             progress.step, progress.epoch, progress.train_seconds / 60, progress.best_bleu,
         )  # fmt: skip
         self.writer.close()
         return progress
+
+    def _run_epoch(self, batches: list[list[int]]) -> None:
+        """The rest of this epoch's batches (all of them, unless resumed mid-epoch)."""
+        cfg, progress = self.train_config, self.progress
+        with tqdm(
+            total=len(batches), initial=progress.batch_in_epoch, desc=f"epoch {progress.epoch + 1}",
+            disable=None, dynamic_ncols=True, leave=False,
+        ) as bar:  # fmt: skip
+            for indices in batches[progress.batch_in_epoch :]:
+                loss_sum, tokens = self._train_step(indices)
+                progress.step += 1
+                progress.batch_in_epoch += 1
+                progress.tgt_tokens += tokens
+                progress.train_seconds = self._seconds_before + time.monotonic() - self._started
+                self.meter.add(loss_sum, tokens)
+                bar.update(1)
+                if progress.step % cfg.log_every == 0:
+                    self._log_train(bar)
+                if self._limit_reached():
+                    return
+                if cfg.validate_every and progress.step % cfg.validate_every == 0:
+                    self._validate_and_save()
+                elif cfg.save_every and progress.step % cfg.save_every == 0:
+                    self.save()
 
     def _train_step(self, indices: list[int]) -> tuple[float, int]:
         self.model.train()
@@ -238,7 +260,9 @@ class Trainer:
         self.optimizer.step()
         return loss_sum.item(), tokens
 
-    def _log_train(self, loss: float, tokens_per_s: float, bar: tqdm) -> None:
+    def _log_train(self, bar: tqdm) -> None:
+        loss, tokens_per_s = self.meter.read()
+        self.meter.reset()
         step, lr = self.progress.step, self.optimizer.param_groups[0]["lr"]
         self.writer.add_scalar("train/loss", loss, step)
         self.writer.add_scalar("train/lr", lr, step)
@@ -281,12 +305,35 @@ class Trainer:
         improved = result["bleu"] > self.progress.best_bleu
         if improved:
             self.progress.best_bleu = result["bleu"]
+            self.progress.validations_since_best = 0
+        else:
+            self.progress.validations_since_best += 1
         self.save(best=improved)
+        self._plot_attention(step)
+        self.meter.reset()  # validation time is not training time
         log.info(
             "validation at step %d (%.1f min): loss %.3f, ppl %.2f, BLEU %.2f%s (%s)",
             step, minutes, result["loss"], result["ppl"], result["bleu"], " (best)" if improved else "",
             result["signature"],
         )  # fmt: skip
+
+
+    def _plot_attention(self, step: int) -> None:
+        """Attention heatmaps of the first validation sentences, greedy, to TensorBoard."""
+        count = self.train_config.valid_attention_plots
+        if not count or self.model.decoder.attention is None:
+            return
+        from nmt.plots import attention_figure  # matplotlib only when plots are asked for
+
+        options = replace(self.translator.options, beam_size=1, nbest=1, return_attention=True)
+        plotter = Translator(self.model, self.tokenizer, self.device, options)
+        for i, hypotheses in enumerate(plotter.search_ids(self.valid_src[:count])):
+            best = hypotheses[0]
+            if best.attention is None:
+                continue
+            src_pieces = [*self.tokenizer.src_id_pieces(self.valid_src[i]), "</s>"]
+            tgt_pieces = [*self.tokenizer.tgt_pieces(best.tokens), "</s>"]
+            self.writer.add_figure(f"attention/valid_{i}", attention_figure(best.attention, src_pieces, tgt_pieces), step)
 
 
 def run_training(config: Config, run_dir: Path) -> Progress:

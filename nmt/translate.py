@@ -13,15 +13,18 @@ import itertools
 import logging
 import sys
 from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from nmt.batching import collate_src, token_budget_batches
 from nmt.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from nmt.config import Config
 from nmt.model import Seq2Seq, build_model
-from nmt.search import greedy_search
+from nmt.search import LENGTH_PENALTIES, Hypothesis, SearchOptions, search
 from nmt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -37,52 +40,45 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@dataclass
+class Translation:
+    """The search's hypotheses for one input line, best first, with their detokenized texts."""
+
+    source: str
+    hypotheses: list[Hypothesis] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return self.texts[0] if self.texts else ""
+
+
 class Translator:
     def __init__(
         self,
         model: Seq2Seq,
         tokenizer: Tokenizer,
         device: torch.device,
+        options: SearchOptions | None = None,
         batch_tokens: int = 4000,
-        max_len_a: float = 1.5,
-        max_len_b: int = 10,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
+        self.options = options or SearchOptions()
         self.batch_tokens = batch_tokens
-        self.max_len_a = max_len_a
-        self.max_len_b = max_len_b
 
     @classmethod
-    def from_checkpoint(cls, run_or_checkpoint: str | Path, device: str = "auto", **options) -> "Translator":
-        path = resolve_checkpoint(run_or_checkpoint)
-        payload = load_checkpoint(path)
-        config = Config.from_dict(payload["config"])
-        tokenizer = Tokenizer.from_state(payload["tokenizer"])
-        model = build_model(config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
-        try:
-            model.load_state_dict(payload["model"])
-        except RuntimeError as error:
-            raise CheckpointError(f"{path}: weights do not fit the model its config describes: {error}") from None
-        torch_device = resolve_device(device)
-        model.to(torch_device).eval()
-        log.info("loaded %s (step %s)", path, payload.get("progress", {}).get("step", "?"))
-        return cls(model, tokenizer, torch_device, **options)
+    def from_checkpoint(
+        cls, run_or_checkpoint: str | Path, device: str = "auto", options: SearchOptions | None = None,
+        batch_tokens: int = 4000,
+    ) -> "Translator":  # fmt: skip
+        model, tokenizer, _ = load_model(run_or_checkpoint, device)
+        return cls(model, tokenizer, next(model.parameters()).device, options, batch_tokens)
 
-    def translate(self, lines: list[str]) -> list[str]:
-        """One translation per line, in order; empty (or blank) lines give empty strings."""
-        outputs = [""] * len(lines)
-        texts = [line.strip() for line in lines]
-        todo = [i for i, text in enumerate(texts) if text]
-        src_ids = self.tokenizer.encode_src([texts[i] for i in todo])
-        for ids, hypothesis in zip(todo, self.translate_ids(src_ids)):
-            outputs[ids] = hypothesis
-        return outputs
-
-    def translate_ids(self, src_ids: list[list[int]]) -> list[str]:
-        """Source piece ids -> detokenized hypotheses, in the order given."""
-        hypotheses: list[list[int]] = [[] for _ in src_ids]
+    def search_ids(self, src_ids: list[list[int]]) -> list[list[Hypothesis]]:
+        """Source piece ids -> hypotheses per sentence, in the order given."""
+        results: list[list[Hypothesis]] = [[] for _ in src_ids]
         was_training = self.model.training
         self.model.eval()
         # +1 for the eos that collate_src appends.
@@ -90,19 +86,50 @@ class Translator:
         with torch.inference_mode():
             for batch in batches:
                 src, src_lengths = collate_src([src_ids[i] for i in batch])
-                outputs = greedy_search(
-                    self.model, src.to(self.device), src_lengths, self.max_len_a, self.max_len_b
-                )
-                for i, output in zip(batch, outputs):
-                    hypotheses[i] = output
+                for i, hypotheses in zip(batch, search(self.model, src.to(self.device), src_lengths, self.options)):
+                    results[i] = hypotheses
         self.model.train(was_training)
-        return self.tokenizer.decode_tgt(hypotheses)
+        return results
 
-    def translate_stream(self, lines: Iterable[str], chunk_lines: int = CHUNK_LINES) -> Iterator[str]:
+    def translate_ids(self, src_ids: list[list[int]]) -> list[str]:
+        """Source piece ids -> the best hypothesis of each, detokenized."""
+        return self.tokenizer.decode_tgt([hyps[0].tokens for hyps in self.search_ids(src_ids)])
+
+    def translate_lines(self, lines: list[str]) -> list[Translation]:
+        """One Translation per line, in order; blank lines give empty Translations."""
+        translations = [Translation(line) for line in lines]
+        todo = [i for i, line in enumerate(lines) if line.strip()]
+        src_ids = self.tokenizer.encode_src([lines[i].strip() for i in todo])
+        for i, hypotheses in zip(todo, self.search_ids(src_ids)):
+            translations[i].hypotheses = hypotheses
+            translations[i].texts = self.tokenizer.decode_tgt([h.tokens for h in hypotheses])
+        return translations
+
+    def translate(self, lines: list[str]) -> list[str]:
+        """The best translation of every line, in order; empty for blank lines."""
+        return [translation.text for translation in self.translate_lines(lines)]
+
+    def translate_stream(self, lines: Iterable[str], chunk_lines: int = CHUNK_LINES) -> Iterator[Translation]:
         """Translations of a (possibly endless) stream of lines, in order, chunk by chunk."""
         iterator = iter(lines)
         while chunk := list(itertools.islice(iterator, chunk_lines)):
-            yield from self.translate(chunk)
+            yield from self.translate_lines(chunk)
+
+
+def load_model(run_or_checkpoint: str | Path, device: str = "auto") -> tuple[Seq2Seq, Tokenizer, dict]:
+    """The model (in eval mode, on the device) and tokenizer of a checkpoint, and its payload."""
+    path = resolve_checkpoint(run_or_checkpoint)
+    payload = load_checkpoint(path)
+    config = Config.from_dict(payload["config"])
+    tokenizer = Tokenizer.from_state(payload["tokenizer"])
+    model = build_model(config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as error:
+        raise CheckpointError(f"{path}: weights do not fit the model its config describes: {error}") from None
+    model.to(resolve_device(device)).eval()
+    log.info("loaded %s (step %s)", path, payload.get("progress", {}).get("step", "?"))
+    return model, tokenizer, payload
 
 
 def _read_lines(stream: io.BufferedIOBase, name: str) -> Iterator[str]:
@@ -123,48 +150,87 @@ def _read_lines(stream: io.BufferedIOBase, name: str) -> Iterator[str]:
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="nmt-translate",
-        description="Translate text with a trained model: one output line for every input line.",
+        description="Translate text with a trained model: one output line for every input line, in order.",
     )
-    parser.add_argument("checkpoint", metavar="RUN_OR_CKPT", help="run directory or .pt checkpoint")
+    parser.add_argument("checkpoint", metavar="RUN_OR_CKPT", help="run directory (its best.pt) or .pt checkpoint")
     parser.add_argument("-i", "--input", help="input file (default: stdin)")
     parser.add_argument("-o", "--output", help="output file (default: stdout)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--batch-tokens", type=int, default=4000, help="padded source tokens per batch")
-    parser.add_argument("--max-len-a", type=float, default=1.5, help="output length limit: a * src_len + b")
+    parser.add_argument("--beam", type=int, default=1, help="beam size (1: greedy)")
+    parser.add_argument("--nbest", type=int, default=1,
+                        help="write the N best per input, as LINE<tab>SCORE<tab>TEXT lines (N <= beam)")
+    parser.add_argument("--scores", action="store_true", help="write SCORE<tab>TEXT for the best hypothesis")
+    parser.add_argument("--length-penalty", default="none", choices=LENGTH_PENALTIES,
+                        help="rank by log-prob (none), log-prob / length (average), or GNMT's penalty")
+    parser.add_argument("--alpha", type=float, default=0.6, help="alpha of the gnmt length penalty")
+    parser.add_argument("--min-len", type=int, default=0, help="no eos before this many pieces")
+    parser.add_argument("--max-len-a", type=float, default=1.5, help="output length limit: a * src_len + b pieces")
     parser.add_argument("--max-len-b", type=int, default=10)
-    return parser.parse_args(argv)
+    parser.add_argument("--batch-tokens", type=int, default=4000, help="padded source tokens per batch")
+    parser.add_argument("--attention", metavar="DIR", type=Path,
+                        help="write each sentence's attention as DIR/<line>.png (source x target pieces)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress bar on stderr (default: when the output is a file)")
+    return parser.parse_args(argv)  # fmt: skip
+
+
+def _format(translation: Translation, number: int, args: argparse.Namespace) -> str:
+    if args.nbest > 1:
+        rows = [(h.score, text) for h, text in zip(translation.hypotheses, translation.texts)] or [(0.0, "")]
+        return "".join(f"{number}\t{score:.4f}\t{text}\n" for score, text in rows)
+    if args.scores:
+        score = translation.hypotheses[0].score if translation.hypotheses else 0.0
+        return f"{score:.4f}\t{translation.text}\n"
+    return translation.text + "\n"
+
+
+def _write_attention(translator: Translator, translation: Translation, number: int, directory: Path) -> None:
+    from nmt.plots import save_attention_heatmap  # matplotlib only when plots are asked for
+
+    if not translation.hypotheses or translation.hypotheses[0].attention is None:
+        return
+    best = translation.hypotheses[0]
+    src_pieces = [*translator.tokenizer.src_pieces(translation.source.strip()), "</s>"]
+    tgt_pieces = [*translator.tokenizer.tgt_pieces(best.tokens), "</s>"]
+    save_attention_heatmap(best.attention, src_pieces, tgt_pieces, directory / f"{number:06d}.png")
+
+
+def _count_lines(path: str) -> int | None:
+    with open(path, "rb") as stream:
+        return sum(1 for _ in stream)
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
     args = _parse_args(argv)
     try:
-        translator = Translator.from_checkpoint(
-            args.checkpoint,
-            device=args.device,
-            batch_tokens=args.batch_tokens,
-            max_len_a=args.max_len_a,
-            max_len_b=args.max_len_b,
-        )
+        options = SearchOptions(
+            beam_size=args.beam, nbest=args.nbest, max_len_a=args.max_len_a, max_len_b=args.max_len_b,
+            min_len=args.min_len, length_penalty=args.length_penalty, alpha=args.alpha,
+            return_attention=args.attention is not None,
+        )  # fmt: skip
+        translator = Translator.from_checkpoint(args.checkpoint, args.device, options, args.batch_tokens)
         source = open(args.input, "rb") if args.input else sys.stdin.buffer
-    except (CheckpointError, RuntimeError, OSError) as error:
+        total = _count_lines(args.input) if args.input else None
+    except (ValueError, CheckpointError, RuntimeError, OSError) as error:
         print(f"nmt-translate: {error}", file=sys.stderr)
         return 2
-    name = args.input or "<stdin>"
-    with source:
-        lines = _read_lines(source, name)
-        if args.output:
-            # Write beside the target and rename at the end, so a failed run never truncates it.
-            out_path = Path(args.output)
-            tmp_path = out_path.with_name(f".{out_path.name}.partial")
-            with open(tmp_path, "w", encoding="utf-8") as out:
-                for hypothesis in translator.translate_stream(lines):
-                    out.write(hypothesis + "\n")
-            tmp_path.replace(out_path)
-        else:
-            for hypothesis in translator.translate_stream(lines):
-                sys.stdout.write(hypothesis + "\n")
-            sys.stdout.flush()
+    show_progress = args.progress if args.progress is not None else bool(args.output) or not sys.stdout.isatty()
+    out_path = Path(args.output) if args.output else None
+    # Write beside the target and rename at the end, so a failed run never truncates an old file.
+    tmp_path = out_path.with_name(f".{out_path.name}.partial") if out_path else None
+    with source, (open(tmp_path, "w", encoding="utf-8") if tmp_path else nullcontext(sys.stdout)) as out:
+        lines = _read_lines(source, args.input or "<stdin>")
+        progress = tqdm(total=total, unit=" lines", disable=not show_progress, file=sys.stderr, dynamic_ncols=True)
+        for number, translation in enumerate(translator.translate_stream(lines), start=1):
+            out.write(_format(translation, number, args))
+            if args.attention is not None:
+                _write_attention(translator, translation, number, args.attention)
+            progress.update(1)
+        progress.close()
+        out.flush()
+    if tmp_path and out_path:
+        tmp_path.replace(out_path)
     return 0
 
 

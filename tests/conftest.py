@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import itertools
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -18,17 +19,19 @@ PLACES = [("im Park", "in the park"), ("am Strand", "on the beach"), ("auf der S
 
 
 def make_pairs() -> list[tuple[str, str]]:
-    """150 German-English pairs of a toy grammar (subject, verb, optional place)."""
+    """180 German-English pairs of a toy grammar (subject, verb, optional place), shuffled so
+    that every word of the validation and test pairs is seen in training."""
     pairs = []
     for (sd, se), (vd, ve), (pd, pe) in itertools.product(SUBJECTS, VERBS, PLACES):
-        de = f"{sd.capitalize()} {vd} {pd}".strip() + "."
-        en = f"{se.capitalize()} {ve} {pe}".strip() + "."
+        de = f"{sd[0].upper()}{sd[1:]} {vd} {pd}".strip() + "."
+        en = f"{se[0].upper()}{se[1:]} {ve} {pe}".strip() + "."
         pairs.append((de, en))
+    random.Random(0).shuffle(pairs)
     return pairs
 
 
 PAIRS = make_pairs()
-SPLITS = {"train": PAIRS[:120], "val": PAIRS[120:135], "test": PAIRS[135:]}
+SPLITS = {"train": PAIRS[:140], "val": PAIRS[140:160], "test": PAIRS[160:]}
 
 
 def write_lines(path: Path, lines: list[str]) -> None:
@@ -61,3 +64,26 @@ def hub_corpus(tmp_path: Path) -> Path:
             for de, en in pairs:
                 out.write(json.dumps({"en": en, "de": de, "fr": f"fr: {en}"}, ensure_ascii=False) + "\n")
     return root
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """A small attention model trained for a few seconds on the toy corpus: its outputs are
+    peaked enough that searches can be compared without near-ties."""
+    from nmt.config import Config, DataConfig, DecoderConfig, EncoderConfig, ModelConfig, TokenizerConfig, TrainConfig
+    from nmt.train import run_training
+
+    root = tmp_path_factory.mktemp("trained")
+    corpus = root / "corpus"
+    corpus.mkdir()
+    for split, pairs in SPLITS.items():
+        write_lines(corpus / f"{split}.de", [de for de, _ in pairs])
+        write_lines(corpus / f"{split}.en", [en for _, en in pairs])
+    config = Config(
+        data=DataConfig(name="toy", source=str(corpus), tokenizer=TokenizerConfig(vocab_size=80)),
+        model=ModelConfig(embed_dim=32, encoder=EncoderConfig(32, 1, True), decoder=DecoderConfig(64, 1), dropout=0.0),
+        train=TrainConfig(batch_tokens=600, lr=0.01, max_epochs=0, max_steps=240, validate_every=120, log_every=60,
+                          label_smoothing=0.0, num_threads=1, valid_attention_plots=1),
+    )  # fmt: skip
+    run_training(config, root / "run")
+    return root / "run"

@@ -52,7 +52,7 @@ def test_unreachable_hub_fails_at_once_naming_the_override(monkeypatch):
 
 def test_mismatched_line_counts_are_a_clear_error(text_corpus):
     write_lines(text_corpus / "train.en", [en for _, en in SPLITS["train"]][:-3])
-    with pytest.raises(DataError, match=r"train.de has 120 lines but .*train.en has 117"):
+    with pytest.raises(DataError, match=r"train.de has 140 lines but .*train.en has 137"):
         load_corpus(str(text_corpus), "de", "en")
 
 

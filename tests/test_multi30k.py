@@ -14,7 +14,7 @@ NMT_DATA = os.environ.get("NMT_DATA", "")
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not Path(NMT_DATA).is_dir(), reason="NMT_DATA does not name a local Multi30k copy"),
+    pytest.mark.skipif(not (NMT_DATA and Path(NMT_DATA).is_dir()), reason="NMT_DATA does not name a local Multi30k copy"),
 ]
 
 

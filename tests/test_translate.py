@@ -8,7 +8,7 @@ import torch
 from nmt.checkpoint import save_checkpoint
 from nmt.config import Config, DataConfig, DecoderConfig, EncoderConfig, ModelConfig
 from nmt.model import build_model
-from nmt.search import greedy_search, max_output_lengths
+from nmt.search import SearchOptions, max_output_lengths, search
 from nmt.tokenizer import Tokenizer
 from nmt.translate import Translator
 
@@ -48,8 +48,9 @@ def test_greedy_respects_the_length_limit(checkpoint):
     translator = Translator.from_checkpoint(checkpoint, device="cpu")
     src = torch.tensor([[5, 6, 3, 0], [7, 3, 0, 0]])
     lengths = torch.tensor([3, 2])
-    outputs = greedy_search(translator.model, src, lengths, max_len_a=0.0, max_len_b=2)
-    assert all(len(output) <= 2 for output in outputs)
+    for beam in (1, 4):
+        outputs = search(translator.model, src, lengths, SearchOptions(beam_size=beam, max_len_a=0.0, max_len_b=2))
+        assert all(len(nbest[0].tokens) <= 1 for nbest in outputs)  # 2 counts the eos
     assert max_output_lengths(torch.tensor([10]), 1.5, 10).item() == 25
     assert max_output_lengths(torch.tensor([1000]), 1.5, 10).item() == 512
 
@@ -57,7 +58,8 @@ def test_greedy_respects_the_length_limit(checkpoint):
 def test_streaming_gives_the_same_as_one_call(checkpoint):
     translator = Translator.from_checkpoint(checkpoint, device="cpu")
     lines = SOURCES[:25]
-    assert list(translator.translate_stream(iter(lines), chunk_lines=7)) == translator.translate(lines)
+    streamed = [t.text for t in translator.translate_stream(iter(lines), chunk_lines=7)]
+    assert streamed == translator.translate(lines)
 
 
 def test_cli_reads_a_file_with_bad_bytes_and_writes_every_line(checkpoint, tmp_path):
@@ -81,3 +83,51 @@ def test_cli_errors_are_one_line(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"junk")
     result = subprocess.run([str(BIN / "nmt-translate"), str(tmp_path / "bad.pt")], capture_output=True, text=True)
     assert result.returncode == 2 and "not a readable nmt checkpoint" in result.stderr
+
+
+def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "nmt-translate"), *args], input=stdin, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_nbest_scores_and_attention_plots(trained_run, tmp_path):
+    sources = [de for de, _ in PAIRS[:3]]
+    stdin = "\n".join([sources[0], "", *sources[1:]]) + "\n"
+    nbest = run_cli(str(trained_run), "--beam", "4", "--nbest", "3", stdin=stdin)
+    assert nbest.returncode == 0, nbest.stderr
+    rows = [line.split("\t") for line in nbest.stdout.splitlines()]
+    assert [int(r[0]) for r in rows] == [1, 1, 1, 2, 3, 3, 3, 4, 4, 4]
+    for line in (1, 3, 4):
+        scores = [float(r[1]) for r in rows if int(r[0]) == line]
+        assert scores == sorted(scores, reverse=True) and all(s < 0 for s in scores)
+    best = run_cli(str(trained_run), "--beam", "4", stdin=stdin).stdout.splitlines()
+    assert [r[2] for r in rows if r[0] in ("1", "3", "4")][::3] == [best[0], best[2], best[3]]
+    scored = run_cli(str(trained_run), "--scores", stdin=stdin).stdout.splitlines()
+    assert len(scored) == 4 and float(scored[0].split("\t")[0]) < 0
+    plots = tmp_path / "attention"
+    result = run_cli(str(trained_run), "--attention", str(plots), stdin=stdin)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in plots.iterdir()) == ["000001.png", "000003.png", "000004.png"]
+
+
+def test_cli_rejects_bad_search_options(trained_run):
+    result = run_cli(str(trained_run), "--beam", "2", "--nbest", "3", stdin="x\n")
+    assert result.returncode == 2 and "nbest must be between 1 and the beam size" in result.stderr
+
+
+def test_long_lines_empty_lines_and_bad_bytes_keep_the_line_count(checkpoint, tmp_path):
+    source = tmp_path / "mixed.de"
+    lines = []
+    for i in range(300):
+        lines.append(b"" if i % 7 == 0 else SOURCES[i % len(SOURCES)].encode())
+    lines[5] = ("Ein sehr langer Satz " * 250).encode()[:5000]
+    lines[9] = b"Der Hund \xff\xfe l\xe4uft."
+    source.write_bytes(b"\n".join(lines) + b"\n")
+    result = subprocess.run(
+        [str(BIN / "nmt-translate"), str(checkpoint), "-i", str(source), "--batch-tokens", "2000"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.split("\n")
+    assert len(out) == 301 and out[-1] == ""
+    assert all(out[i] == "" for i in range(0, 300, 7))
+    assert result.stderr.count("invalid UTF-8") == 1 and "mixed.de:10:" in result.stderr
