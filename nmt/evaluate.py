@@ -22,6 +22,8 @@ from pathlib import Path
 
 from sacrebleu.metrics import BLEU, CHRF, TER
 
+from nmt.search import LENGTH_PENALTIES, SearchOptions
+
 log = logging.getLogger(__name__)
 
 
@@ -88,7 +90,6 @@ def evaluate_model(run_or_checkpoint: str, sources: list[str], references: list[
                    args: argparse.Namespace) -> Evaluation:  # fmt: skip
     """Translate `sources` with the checkpoint, score, and write hypotheses + JSON to results/."""
     from nmt.checkpoint import resolve_checkpoint
-    from nmt.search import SearchOptions
     from nmt.translate import Translator
 
     checkpoint = resolve_checkpoint(run_or_checkpoint)
@@ -154,7 +155,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--testset", help="a sacrebleu test set name, e.g. wmt16 (sacrebleu downloads it)")
     parser.add_argument("--langpair", help="with --testset: e.g. de-en (default: the run's languages)")
     parser.add_argument("--beam", type=int, default=5)
-    parser.add_argument("--length-penalty", default="none", choices=("none", "average", "gnmt"))
+    parser.add_argument("--length-penalty", default=SearchOptions.length_penalty, choices=LENGTH_PENALTIES)
     parser.add_argument("--alpha", type=float, default=0.6)
     parser.add_argument("--max-len-a", type=float, default=1.5)
     parser.add_argument("--max-len-b", type=int, default=10)

@@ -27,7 +27,10 @@ class SearchOptions:
     max_len_b: int = 10
     max_len_cap: int = HARD_MAX_LEN
     min_len: int = 0  # eos is not allowed before this many tokens
-    length_penalty: str = "none"  # none | average (score / length) | gnmt ((5 + len) / 6) ** alpha
+    # none | average (log-prob / length) | gnmt (log-prob / ((5 + len) / 6) ** alpha). Without one,
+    # beam search prefers short outputs: on Multi30k de-en validation, beam 5 with `average` scored
+    # 0.8 BLEU over greedy, and with `none` 0.2 below it (README). Greedy (beam 1) ignores it.
+    length_penalty: str = "average"
     alpha: float = 0.6
     return_attention: bool = False
 

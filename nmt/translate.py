@@ -160,7 +160,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--nbest", type=int, default=1,
                         help="write the N best per input, as LINE<tab>SCORE<tab>TEXT lines (N <= beam)")
     parser.add_argument("--scores", action="store_true", help="write SCORE<tab>TEXT for the best hypothesis")
-    parser.add_argument("--length-penalty", default="none", choices=LENGTH_PENALTIES,
+    parser.add_argument("--length-penalty", default=SearchOptions.length_penalty, choices=LENGTH_PENALTIES,
                         help="rank by log-prob (none), log-prob / length (average), or GNMT's penalty")
     parser.add_argument("--alpha", type=float, default=0.6, help="alpha of the gnmt length penalty")
     parser.add_argument("--min-len", type=int, default=0, help="no eos before this many pieces")

@@ -85,7 +85,7 @@ def test_beam_finds_the_best_sequence_that_greedy_misses():
     model = ToyModel(table)
     options = dict(max_len_a=0.0, max_len_b=5)
     greedy = run(model, SearchOptions(beam_size=1, **options))[0][0]
-    beam = run(model, SearchOptions(beam_size=2, **options))[0][0]
+    beam = run(model, SearchOptions(beam_size=2, length_penalty="none", **options))[0][0]
     best_score, best_tokens = exhaustive_best(table, max_len=5)
     assert greedy.tokens != best_tokens
     assert beam.tokens == best_tokens == [B]
@@ -135,8 +135,9 @@ def batch_of(src_ids):
 def test_beam_one_equals_greedy_on_a_trained_model(trained):
     model, src_ids = trained
     src, lengths = batch_of(src_ids[:64])
-    greedy = greedy_search(model, src, lengths, SearchOptions())
-    beam_one = beam_search(model, src, lengths, SearchOptions(beam_size=1))
+    # Greedy is beam search of size 1 ranked by the model's log-probability (no length penalty).
+    greedy = greedy_search(model, src, lengths, SearchOptions(length_penalty="none"))
+    beam_one = beam_search(model, src, lengths, SearchOptions(beam_size=1, length_penalty="none"))
     for g, b in zip(greedy, beam_one):
         assert g.tokens == b[0].tokens
         assert g.log_prob == pytest.approx(b[0].log_prob, abs=1e-4)
@@ -168,6 +169,7 @@ def test_nbest_scores_are_the_models_log_probabilities(trained):
                 log_probs = torch.log_softmax(model(src[row : row + 1], lengths[row : row + 1], tgt_in), -1)
             rescored = log_probs.gather(-1, tgt_out.unsqueeze(-1)).sum().item()
             assert h.log_prob == pytest.approx(rescored, abs=1e-4)
+            assert h.score == pytest.approx(h.log_prob / (len(h.tokens) + 1))  # the default: average
 
 
 def test_attention_is_returned_per_output_step(trained):
