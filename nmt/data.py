@@ -9,6 +9,7 @@ A source is one of
 
 Training pairs are stripped, empty pairs dropped and long pairs filtered (`filter_by_length`,
 after tokenization); validation and test keep every line, so their scores cover the whole set.
+`prepare_data` does all of it for a DataConfig: load, train the tokenizer, encode, filter.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import datasets
+
+from nmt.config import DataConfig
+from nmt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -207,3 +211,47 @@ def _load_text_dir(
             )
         corpus[split] = datasets.Dataset.from_dict({"src": src_lines, "tgt": tgt_lines})
     return datasets.DatasetDict(corpus)
+
+
+def prepare_data(
+    config: DataConfig, tokenizer: Tokenizer | None = None, num_threads: int = 2
+) -> tuple[Tokenizer, datasets.DatasetDict]:
+    """Load the corpus, train a tokenizer on its training split unless one is given, and add
+    `src_ids`/`tgt_ids` columns; training pairs are then filtered by length."""
+    corpus = load_corpus(
+        config.source,
+        config.src_lang,
+        config.tgt_lang,
+        prefixes={"train": config.train_prefix, "validation": config.valid_prefix, "test": config.test_prefix},
+        train_limit=config.train_limit,
+    )
+    if tokenizer is None:
+        options = config.tokenizer
+        tokenizer = Tokenizer.train(
+            corpus["train"]["src"],
+            corpus["train"]["tgt"],
+            vocab_size=options.vocab_size,
+            kind=options.kind,
+            joint=options.joint,
+            character_coverage=options.character_coverage,
+            max_sentences=options.max_sentences,
+            num_threads=num_threads,
+        )
+
+    def encode(batch: dict) -> dict:
+        return {"src_ids": tokenizer.encode_src(batch["src"]), "tgt_ids": tokenizer.encode_tgt(batch["tgt"])}
+
+    encoded = datasets.DatasetDict(
+        {
+            split: dataset.map(
+                encode,
+                batched=True,
+                desc=f"encode {split}",
+                # Named by the vocabulary, so datasets' cache never mixes two tokenizers.
+                new_fingerprint=f"{dataset._fingerprint}-{tokenizer.fingerprint}",
+            )
+            for split, dataset in corpus.items()
+        }
+    )
+    encoded["train"] = filter_by_length(encoded["train"], config.max_len)
+    return tokenizer, encoded

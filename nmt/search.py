@@ -69,7 +69,7 @@ def search(model, src: torch.Tensor, src_lengths: torch.Tensor, options: SearchO
     """The `options.nbest` best hypotheses of every sentence, best first.
 
     src (batch, src_len), src_lengths (batch,). Greedy (beam 1) has its own fast path; it gives
-    the same result as beam search with beam size 1.
+    the same result as beam search with beam size 1 and no length penalty.
     """
     if options.beam_size == 1:
         return [[hypothesis] for hypothesis in greedy_search(model, src, src_lengths, options)]

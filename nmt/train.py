@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 from nmt.batching import BucketBatcher, collate, token_budget_batches
 from nmt.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
-from nmt.config import Config, DataConfig, TrainConfig
-from nmt.data import filter_by_length, load_corpus
+from nmt.config import Config, TrainConfig
+from nmt.data import prepare_data
 from nmt.evaluate import bleu
 from nmt.loss import sequence_loss
 from nmt.model import Seq2Seq, build_model, count_parameters
@@ -62,50 +62,6 @@ class ThroughputMeter:
     def read(self) -> tuple[float, float]:
         seconds = max(time.monotonic() - self.started, 1e-9)
         return self.loss / max(self.tokens, 1), self.tokens / seconds
-
-
-def prepare_data(
-    config: DataConfig, tokenizer: Tokenizer | None = None, num_threads: int = 2
-) -> tuple[Tokenizer, datasets.DatasetDict]:
-    """Load the corpus, train a tokenizer on its training split unless one is given, and add
-    `src_ids`/`tgt_ids` columns; training pairs are then filtered by length."""
-    corpus = load_corpus(
-        config.source,
-        config.src_lang,
-        config.tgt_lang,
-        prefixes={"train": config.train_prefix, "validation": config.valid_prefix, "test": config.test_prefix},
-        train_limit=config.train_limit,
-    )
-    if tokenizer is None:
-        options = config.tokenizer
-        tokenizer = Tokenizer.train(
-            corpus["train"]["src"],
-            corpus["train"]["tgt"],
-            vocab_size=options.vocab_size,
-            kind=options.kind,
-            joint=options.joint,
-            character_coverage=options.character_coverage,
-            max_sentences=options.max_sentences,
-            num_threads=num_threads,
-        )
-
-    def encode(batch: dict) -> dict:
-        return {"src_ids": tokenizer.encode_src(batch["src"]), "tgt_ids": tokenizer.encode_tgt(batch["tgt"])}
-
-    encoded = datasets.DatasetDict(
-        {
-            split: dataset.map(
-                encode,
-                batched=True,
-                desc=f"encode {split}",
-                # Named by the vocabulary, so datasets' cache never mixes two tokenizers.
-                new_fingerprint=f"{dataset._fingerprint}-{tokenizer.fingerprint}",
-            )
-            for split, dataset in corpus.items()
-        }
-    )
-    encoded["train"] = filter_by_length(encoded["train"], config.max_len)
-    return tokenizer, encoded
 
 
 class Trainer:
