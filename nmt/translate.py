@@ -222,8 +222,12 @@ def main(argv: list[str] | None = None) -> int:
     with source, (open(tmp_path, "w", encoding="utf-8") if tmp_path else nullcontext(sys.stdout)) as out:
         lines = _read_lines(source, args.input or "<stdin>")
         progress = tqdm(total=total, unit=" lines", disable=not show_progress, file=sys.stderr, dynamic_ncols=True)
-        for number, translation in enumerate(translator.translate_stream(lines), start=1):
+        # Typed input is answered line by line; piped input goes in chunks, sorted into batches.
+        chunk_lines = 1 if source.isatty() else CHUNK_LINES
+        for number, translation in enumerate(translator.translate_stream(lines, chunk_lines), start=1):
             out.write(_format(translation, number, args))
+            if chunk_lines == 1:
+                out.flush()
             if args.attention is not None:
                 _write_attention(translator, translation, number, args.attention)
             progress.update(1)
