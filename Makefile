@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 ARGS   ?=
 
-.PHONY: install train translate eval test test-all tensorboard clean
+.PHONY: install train translate eval test test-all tensorboard long-range clean
 
 install: $(STAMP)
 
@@ -32,6 +32,9 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)
+
+long-range: $(STAMP)
+	$(BIN)/python scripts/long_range.py $(ARGS)
 
 tensorboard: $(STAMP)
 	$(BIN)/tensorboard --logdir runs $(ARGS)

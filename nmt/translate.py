@@ -203,6 +203,9 @@ def _count_lines(path: str) -> int | None:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
     args = _parse_args(argv)
+    out_path = Path(args.output) if args.output else None
+    # Written beside the target and renamed at the end, so a failed run never truncates an old file.
+    tmp_path = out_path.with_name(f".{out_path.name}.partial") if out_path else None
     try:
         options = SearchOptions(
             beam_size=args.beam, nbest=args.nbest, max_len_a=args.max_len_a, max_len_b=args.max_len_b,
@@ -212,30 +215,37 @@ def main(argv: list[str] | None = None) -> int:
         translator = Translator.from_checkpoint(args.checkpoint, args.device, options, args.batch_tokens)
         source = open(args.input, "rb") if args.input else sys.stdin.buffer
         total = _count_lines(args.input) if args.input else None
+        out = open(tmp_path, "w", encoding="utf-8") if tmp_path else sys.stdout
     except (ValueError, CheckpointError, RuntimeError, OSError) as error:
         print(f"nmt-translate: {error}", file=sys.stderr)
         return 2
-    show_progress = args.progress if args.progress is not None else bool(args.output) or not sys.stdout.isatty()
-    out_path = Path(args.output) if args.output else None
-    # Write beside the target and rename at the end, so a failed run never truncates an old file.
-    tmp_path = out_path.with_name(f".{out_path.name}.partial") if out_path else None
-    with source, (open(tmp_path, "w", encoding="utf-8") if tmp_path else nullcontext(sys.stdout)) as out:
-        lines = _read_lines(source, args.input or "<stdin>")
-        progress = tqdm(total=total, unit=" lines", disable=not show_progress, file=sys.stderr, dynamic_ncols=True)
-        # Typed input is answered line by line; piped input goes in chunks, sorted into batches.
-        chunk_lines = 1 if source.isatty() else CHUNK_LINES
-        for number, translation in enumerate(translator.translate_stream(lines, chunk_lines), start=1):
-            out.write(_format(translation, number, args))
-            if chunk_lines == 1:
-                out.flush()
-            if args.attention is not None:
-                _write_attention(translator, translation, number, args.attention)
-            progress.update(1)
-        progress.close()
-        out.flush()
-    if tmp_path and out_path:
-        tmp_path.replace(out_path)
+    show_progress = args.progress if args.progress is not None else bool(out_path) or not sys.stdout.isatty()
+    try:
+        with source, (out if tmp_path else nullcontext(out)):
+            _translate_all(translator, _read_lines(source, args.input or "<stdin>"), out, args, total, show_progress,
+                           interactive=source.isatty())  # fmt: skip
+        if tmp_path and out_path:
+            tmp_path.replace(out_path)
+    finally:
+        if tmp_path:
+            tmp_path.unlink(missing_ok=True)
     return 0
+
+
+def _translate_all(translator: Translator, lines: Iterator[str], out, args: argparse.Namespace,
+                   total: int | None, show_progress: bool, interactive: bool) -> None:  # fmt: skip
+    progress = tqdm(total=total, unit=" lines", disable=not show_progress, file=sys.stderr, dynamic_ncols=True)
+    # Typed input is answered line by line; piped input goes in chunks, sorted into batches.
+    chunk_lines = 1 if interactive else CHUNK_LINES
+    for number, translation in enumerate(translator.translate_stream(lines, chunk_lines), start=1):
+        out.write(_format(translation, number, args))
+        if interactive:
+            out.flush()
+        if args.attention is not None:
+            _write_attention(translator, translation, number, args.attention)
+        progress.update(1)
+    progress.close()
+    out.flush()
 
 
 if __name__ == "__main__":
