@@ -4,6 +4,10 @@ This is the seeds' z_n -> z'_0: without attention it is the only path from sourc
 - same depth and width: copied layer by layer;
 - same depth, other width (e.g. a bidirectional encoder): per-layer linear + tanh;
 - other depth: all encoder layers, concatenated, through one linear + tanh to all decoder layers.
+The cell state goes the same way as the hidden state when both sides have one. A gru or rnn
+encoder has none: an lstm-like decoder then starts from a zero cell state, and the source reaches
+it through the bridged hidden state alone (which feeds every gate at the first step). A gru or
+rnn decoder takes the hidden state only.
 """
 
 from __future__ import annotations
@@ -15,31 +19,53 @@ from nmt.encoder import RecurrentState
 
 
 class Bridge(nn.Module):
-    def __init__(self, encoder_layers: int, encoder_size: int, decoder_layers: int, decoder_size: int) -> None:
+    def __init__(
+        self,
+        encoder_layers: int,
+        encoder_size: int,
+        decoder_layers: int,
+        decoder_size: int,
+        encoder_cell_state: bool = True,
+        decoder_cell_state: bool = True,
+    ) -> None:
         super().__init__()
         self.encoder_layers, self.encoder_size = encoder_layers, encoder_size
         self.decoder_layers, self.decoder_size = decoder_layers, decoder_size
-        self.h_proj: nn.ModuleList | None = None
-        self.c_proj: nn.ModuleList | None = None
+        self.decoder_cell_state = decoder_cell_state
+        self.bridge_cell_state = encoder_cell_state and decoder_cell_state
         if encoder_layers == decoder_layers and encoder_size == decoder_size:
             self.mode = "copy"
         elif encoder_layers == decoder_layers:
             self.mode = "per_layer"
-            self.h_proj = nn.ModuleList(nn.Linear(encoder_size, decoder_size) for _ in range(decoder_layers))
-            self.c_proj = nn.ModuleList(nn.Linear(encoder_size, decoder_size) for _ in range(decoder_layers))
         else:
             self.mode = "all_layers"
-            self.h_proj = nn.ModuleList([nn.Linear(encoder_layers * encoder_size, decoder_layers * decoder_size)])
-            self.c_proj = nn.ModuleList([nn.Linear(encoder_layers * encoder_size, decoder_layers * decoder_size)])
+        self.h_proj = self._projections()
+        self.c_proj = self._projections() if self.bridge_cell_state else None
+
+    def _projections(self) -> nn.ModuleList | None:
+        if self.mode == "copy":
+            return None
+        if self.mode == "per_layer":
+            return nn.ModuleList(nn.Linear(self.encoder_size, self.decoder_size) for _ in range(self.decoder_layers))
+        flat_in, flat_out = self.encoder_layers * self.encoder_size, self.decoder_layers * self.decoder_size
+        return nn.ModuleList([nn.Linear(flat_in, flat_out)])
 
     def forward(self, final: RecurrentState) -> RecurrentState:
         """(encoder_layers, batch, encoder_size) each -> (decoder_layers, batch, decoder_size)."""
         assert final.h.shape[0] == self.encoder_layers and final.h.shape[2] == self.encoder_size, final.h.shape
-        if self.mode == "copy":
-            return final
-        return RecurrentState(self._map(final.h, self.h_proj), self._map(final.c, self.c_proj))
+        h = self._map(final.h, self.h_proj)
+        if self.bridge_cell_state:
+            assert final.c is not None
+            c = self._map(final.c, self.c_proj)
+        elif self.decoder_cell_state:
+            c = torch.zeros_like(h)
+        else:
+            c = None
+        return RecurrentState(h, c)
 
     def _map(self, state: torch.Tensor, projections: nn.ModuleList | None) -> torch.Tensor:
+        if self.mode == "copy":
+            return state
         assert projections is not None
         if self.mode == "per_layer":
             return torch.stack([torch.tanh(proj(layer)) for proj, layer in zip(projections, state)])

@@ -21,7 +21,7 @@ import math
 import torch
 from torch import nn
 
-CELL_KINDS = ("lstm", "peephole", "cifg", "gru", "rnn")
+from nmt.config import CELL_KINDS  # one list of kinds for the config and the code
 _GATE_BLOCKS = {"lstm": 4, "peephole": 4, "cifg": 3, "gru": 3, "rnn": 1}
 
 Gates = dict[str, torch.Tensor]  # gate name -> (batch, hidden) activations of one step

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 ATTENTION_KINDS = ("none", "bahdanau", "luong_dot", "luong_general")
+CELL_KINDS = ("lstm", "peephole", "cifg", "gru", "rnn")  # nmt.cells.CELL_KINDS, without importing torch
 TOKENIZER_KINDS = ("unigram", "bpe")
 INIT_KINDS = ("uniform", "xavier", "pytorch")
 DEVICES = ("auto", "cpu", "cuda")
@@ -87,20 +88,24 @@ class EncoderConfig:
     hidden_size: int = 256  # per direction
     num_layers: int = 2
     bidirectional: bool = True
+    cell: str = "lstm"  # lstm | peephole | cifg | gru | rnn (nmt/cells.py)
 
     def __post_init__(self) -> None:
         _check_positive("model.encoder.hidden_size", self.hidden_size)
         _check_positive("model.encoder.num_layers", self.num_layers)
+        _check_choice("model.encoder.cell", self.cell, CELL_KINDS)
 
 
 @dataclass
 class DecoderConfig:
     hidden_size: int = 512
     num_layers: int = 2
+    cell: str = "lstm"
 
     def __post_init__(self) -> None:
         _check_positive("model.decoder.hidden_size", self.hidden_size)
         _check_positive("model.decoder.num_layers", self.num_layers)
+        _check_choice("model.decoder.cell", self.cell, CELL_KINDS)
 
 
 @dataclass
@@ -118,6 +123,9 @@ class ModelConfig:
     tie_embeddings: bool = False
     init: str = "uniform"  # uniform (+-init_range) | xavier | pytorch (torch's defaults)
     init_range: float = 0.1
+    # Initial bias of the forget gate (gru: update gate), the usual remedy for early forgetting;
+    # null leaves the initializer's values.
+    forget_bias: float | None = 1.0
 
     def __post_init__(self) -> None:
         _check_positive("model.embed_dim", self.embed_dim)

@@ -1,4 +1,4 @@
-"""The decoder: an LSTM stack started from the bridged encoder state, with optional attention.
+"""The decoder: a recurrent stack started from the bridged encoder state, with optional attention.
 
 Each step (Luong et al. 2015): the previous target embedding (and, with input feeding, the
 previous attentional vector) enters the LSTM stack; the top output `s_t` queries the encoder
@@ -18,12 +18,13 @@ from torch import nn
 
 from nmt.attention import make_attention
 from nmt.encoder import EncoderOutput, RecurrentState
+from nmt.rnn import RecurrentStack
 from nmt.tokenizer import PAD_ID
 
 
 @dataclass
 class DecoderState:
-    hidden: RecurrentState  # (num_layers, batch, hidden_size) each
+    hidden: RecurrentState  # (num_layers, batch, hidden_size) each; c is None for gru / rnn
     memory: torch.Tensor  # (batch, src_len, memory_size)
     keys: torch.Tensor | None  # (batch, src_len, key_size), projected once per sentence
     src_mask: torch.Tensor  # (batch, src_len) bool
@@ -58,6 +59,7 @@ class Decoder(nn.Module):
         input_feeding: bool,
         dropout: float,
         tie_embeddings: bool,
+        cell: str = "lstm",
     ) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID)
@@ -67,13 +69,7 @@ class Decoder(nn.Module):
         # A tied output projection reads vectors of the embedding size.
         self.attentional_size = embed_dim if tie_embeddings else hidden_size
         rnn_input_size = embed_dim + (self.attentional_size if self.input_feeding else 0)
-        self.rnn = nn.LSTM(
-            rnn_input_size,
-            hidden_size,
-            num_layers,
-            batch_first=True,
-            dropout=dropout if num_layers > 1 else 0.0,
-        )
+        self.rnn = RecurrentStack(cell, rnn_input_size, hidden_size, num_layers, dropout=dropout)
         combine_in = hidden_size + (memory_size if self.attention is not None else 0)
         self.combine: nn.Linear | None = None
         if self.attention is not None or self.attentional_size != hidden_size:
@@ -129,7 +125,8 @@ class Decoder(nn.Module):
         if self.input_feeding:
             assert embedded.size(1) == 1 and state.attentional is not None
             rnn_input = torch.cat([embedded, state.attentional.unsqueeze(1)], dim=-1)
-        rnn_output, (h, c) = self.rnn(rnn_input, (state.hidden.h, state.hidden.c))  # (batch, steps, hidden)
+        out = self.rnn(rnn_input, initial=(state.hidden.h, state.hidden.c))
+        rnn_output = out.outputs  # (batch, steps, hidden)
         weights = None
         features = rnn_output
         if self.attention is not None:
@@ -141,7 +138,7 @@ class Decoder(nn.Module):
         attentional = self.dropout(features)
         new_state = replace(
             state,
-            hidden=RecurrentState(h, c),
+            hidden=RecurrentState(out.h, out.c),
             attentional=attentional[:, -1] if self.input_feeding else None,
             attention_weights=None if weights is None else weights[:, -1],
         )

@@ -1,25 +1,29 @@
-"""The encoder: embeddings and a (bi)LSTM stack that compresses the source into its final state."""
+"""The encoder: embeddings and a (bi)directional recurrent stack that compresses the source into
+its final state (and, for attention, a memory of every position)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from nmt.cells import Gates
+from nmt.rnn import RecurrentStack
 from nmt.tokenizer import PAD_ID
 
 
 @dataclass
 class RecurrentState:
-    """Per-layer hidden and cell state, (num_layers, batch, size) each."""
+    """Per-layer hidden and cell state, (num_layers, batch, size) each; `c` is None for cells
+    without a cell state (gru, rnn)."""
 
     h: torch.Tensor
-    c: torch.Tensor
+    c: torch.Tensor | None
 
     def index_select(self, index: torch.Tensor) -> "RecurrentState":
-        return RecurrentState(self.h.index_select(1, index), self.c.index_select(1, index))
+        c = None if self.c is None else self.c.index_select(1, index)
+        return RecurrentState(self.h.index_select(1, index), c)
 
 
 @dataclass
@@ -27,6 +31,7 @@ class EncoderOutput:
     memory: torch.Tensor  # (batch, src_len, output_size): top layer, zero at padding
     mask: torch.Tensor  # (batch, src_len) bool, True for real tokens
     final: RecurrentState  # (num_layers, batch, output_size): directions concatenated
+    gates: list[Gates] = field(default_factory=list)  # recorded gates, when asked for
 
 
 class Encoder(nn.Module):
@@ -38,6 +43,7 @@ class Encoder(nn.Module):
         num_layers: int,
         bidirectional: bool,
         dropout: float,
+        cell: str = "lstm",
     ) -> None:
         super().__init__()
         self.num_layers = num_layers
@@ -45,29 +51,21 @@ class Encoder(nn.Module):
         self.output_size = hidden_size * self.num_directions
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID)
         self.dropout = nn.Dropout(dropout)
-        self.rnn = nn.LSTM(
-            embed_dim,
-            hidden_size,
-            num_layers,
-            batch_first=True,
-            dropout=dropout if num_layers > 1 else 0.0,
-            bidirectional=bidirectional,
-        )
+        self.rnn = RecurrentStack(cell, embed_dim, hidden_size, num_layers, bidirectional, dropout)
 
-    def forward(self, src: torch.Tensor, src_lengths: torch.Tensor) -> EncoderOutput:
-        """src (batch, src_len) ids, src_lengths (batch,) -> EncoderOutput."""
-        batch_size, src_len = src.shape
+    def forward(self, src: torch.Tensor, src_lengths: torch.Tensor, record_gates: bool = False) -> EncoderOutput:
+        """src (batch, src_len) ids, src_lengths (batch,) -> EncoderOutput.
+
+        Padding never reaches the final state (packed or masked), so it is the last real token's.
+        """
         embedded = self.dropout(self.embed(src))  # (batch, src_len, embed_dim)
-        # Packing keeps padding out of the recurrence, so the final state is the last real token's.
-        packed = pack_padded_sequence(
-            embedded, src_lengths.cpu(), batch_first=True, enforce_sorted=False
-        )
-        packed_memory, (h, c) = self.rnn(packed)
-        memory, _ = pad_packed_sequence(packed_memory, batch_first=True, total_length=src_len)
+        out = self.rnn(embedded, src_lengths, record=record_gates)
+        c = None if out.c is None else self._join_directions(out.c)
         return EncoderOutput(
-            memory=memory,  # (batch, src_len, output_size)
+            memory=out.outputs,  # (batch, src_len, output_size)
             mask=src != PAD_ID,
-            final=RecurrentState(self._join_directions(h), self._join_directions(c)),
+            final=RecurrentState(self._join_directions(out.h), c),
+            gates=out.gates,
         )
 
     def _join_directions(self, state: torch.Tensor) -> torch.Tensor:

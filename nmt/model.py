@@ -6,9 +6,11 @@ import torch
 from torch import nn
 
 from nmt.bridge import Bridge
+from nmt.cells import set_forget_bias
 from nmt.config import ModelConfig
 from nmt.decoder import Decoder, DecoderState
 from nmt.encoder import Encoder, EncoderOutput
+from nmt.rnn import RecurrentStack
 from nmt.tokenizer import PAD_ID
 
 
@@ -40,12 +42,15 @@ def build_model(config: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -
         num_layers=config.encoder.num_layers,
         bidirectional=config.encoder.bidirectional,
         dropout=config.dropout,
+        cell=config.encoder.cell,
     )
     bridge = Bridge(
         encoder_layers=config.encoder.num_layers,
         encoder_size=encoder.output_size,
         decoder_layers=config.decoder.num_layers,
         decoder_size=config.decoder.hidden_size,
+        encoder_cell_state=encoder.rnn.has_cell_state,
+        decoder_cell_state=RecurrentStack.kind_has_cell_state(config.decoder.cell),
     )
     decoder = Decoder(
         vocab_size=tgt_vocab_size,
@@ -57,9 +62,13 @@ def build_model(config: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -
         input_feeding=config.input_feeding,
         dropout=config.dropout,
         tie_embeddings=config.tie_embeddings,
+        cell=config.decoder.cell,
     )
     model = Seq2Seq(encoder, bridge, decoder)
     initialize(model, config.init, config.init_range)
+    if config.forget_bias is not None:
+        for cell in (*encoder.rnn.cells, *decoder.rnn.cells):
+            set_forget_bias(cell, config.forget_bias)
     return model
 
 

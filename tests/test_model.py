@@ -151,6 +151,46 @@ def test_tied_embeddings_share_the_output_matrix_and_train():
 
 
 def test_uniform_initialization_is_bounded_and_pad_embeddings_are_zero():
-    model = small_model()
+    model = small_model(forget_bias=None)
     assert all(p.abs().max() <= 0.1 + 1e-6 for p in model.parameters())
     assert model.encoder.embed.weight[0].abs().sum() == 0
+
+
+def test_forget_gates_start_open_in_encoder_and_decoder():
+    model = small_model(forget_bias=1.0)
+    for cell in (*model.encoder.rnn.cells, *model.decoder.rnn.cells):
+        forget = slice(cell.hidden_size, 2 * cell.hidden_size)  # i, f, candidate, o
+        torch.testing.assert_close(cell.bias_ih[forget] + cell.bias_hh[forget], torch.ones(cell.hidden_size))
+
+
+@pytest.mark.parametrize(
+    "encoder_cell, decoder_cell",
+    [("lstm", "lstm"), ("peephole", "peephole"), ("cifg", "gru"), ("gru", "lstm"), ("rnn", "cifg"), ("gru", "rnn")],
+)
+def test_every_cell_kind_trains_decodes_and_ignores_padding(encoder_cell, decoder_cell):
+    model = small_model(
+        encoder=EncoderConfig(hidden_size=12, num_layers=2, bidirectional=True, cell=encoder_cell),
+        decoder=DecoderConfig(hidden_size=24, num_layers=1, cell=decoder_cell),
+    )
+    src, lengths = random_batch([5, 3, 6])
+    tgt_in = torch.randint(4, VOCAB, (3, 4))
+    with torch.no_grad():
+        logits = model(src, lengths, tgt_in)
+        state = model.init_decoder(model.encode(src, lengths))
+        assert (state.hidden.c is None) == (decoder_cell in ("gru", "rnn"))
+        for t in range(tgt_in.size(1)):
+            log_probs, state = model.decoder.step(tgt_in[:, t], state)
+            torch.testing.assert_close(log_probs, torch.log_softmax(logits[:, t], -1), atol=1e-5, rtol=1e-5)
+        alone = model(src[1:2, :3], lengths[1:2], tgt_in[1:2])
+        torch.testing.assert_close(alone[0], logits[1], atol=1e-5, rtol=1e-5)
+    model.train()
+    model(src, lengths, tgt_in).sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_a_gru_encoder_gives_an_lstm_decoder_a_zero_cell_state():
+    bridge = Bridge(2, 8, 2, 8, encoder_cell_state=False, decoder_cell_state=True)
+    out = bridge(RecurrentState(torch.randn(2, 3, 8), None))
+    assert out.c is not None and out.c.abs().sum() == 0 and out.h.shape == (2, 3, 8)
+    to_gru = Bridge(2, 8, 2, 16, encoder_cell_state=True, decoder_cell_state=False)
+    assert to_gru(RecurrentState(torch.randn(2, 3, 8), torch.randn(2, 3, 8))).c is None
