@@ -168,6 +168,7 @@ class TrainConfig:
     valid_bleu_sentences: int = 0
     valid_beam: int = 1  # beam size of the validation search (1: greedy)
     valid_attention_plots: int = 3  # validation sentences whose attention goes to TensorBoard
+    valid_gate_plots: bool = True  # every layer's gates on the first validation sentence, too
     max_len_a: float = 1.5  # decoding stops after a * src_len + b pieces
     max_len_b: int = 10
     # A run directory to continue from its checkpoints/last.pt.

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from nmt.attention import make_attention
+from nmt.cells import Gates
 from nmt.encoder import EncoderOutput, RecurrentState
 from nmt.rnn import RecurrentStack
 from nmt.tokenizer import PAD_ID
@@ -98,26 +99,41 @@ class Decoder(nn.Module):
 
     def forward(self, tgt_in: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
         """Teacher forcing: tgt_in (batch, tgt_len) -> logits (batch, tgt_len, vocab), state."""
+        attentional, state, _ = self._teacher_force(tgt_in, state, record=False)
+        return self.output(attentional), state  # (batch, tgt_len, vocab)
+
+    def record_gates(self, tgt_in: torch.Tensor, state: DecoderState) -> list[Gates]:
+        """Teacher-force tgt_in and return every layer's gates, (batch, tgt_len, hidden) each.
+        Over a search's own output this replays exactly the states the search went through."""
+        return self._teacher_force(tgt_in, state, record=True)[2]
+
+    def _teacher_force(self, tgt_in, state, record: bool) -> tuple[torch.Tensor, DecoderState, list[Gates]]:
         embedded = self.dropout(self.embed(tgt_in))  # (batch, tgt_len, embed_dim)
         if self.fused:
-            attentional, state = self._run(embedded, state)
-        else:
-            outputs = []
-            for t in range(embedded.size(1)):
-                step_out, state = self._run(embedded[:, t : t + 1], state)
-                outputs.append(step_out)
-            attentional = torch.cat(outputs, dim=1)
-        return self.output(attentional), state  # (batch, tgt_len, vocab)
+            return self._run(embedded, state, record)
+        outputs, steps_gates = [], []
+        for t in range(embedded.size(1)):
+            step_out, state, gates = self._run(embedded[:, t : t + 1], state, record)
+            outputs.append(step_out)
+            steps_gates.append(gates)
+        gates = [
+            {name: torch.cat([step[layer][name] for step in steps_gates], dim=1) for name in steps_gates[0][layer]}
+            for layer in range(len(steps_gates[0]))
+        ]
+        return torch.cat(outputs, dim=1), state, gates
 
     def step(self, prev_tokens: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
         """One decoding step for search: prev_tokens (batch,) -> log_probs (batch, vocab), state."""
         embedded = self.dropout(self.embed(prev_tokens.unsqueeze(1)))  # (batch, 1, embed_dim)
-        attentional, state = self._run(embedded, state)
+        attentional, state, _ = self._run(embedded, state)
         logits = self.output(attentional.squeeze(1))  # (batch, vocab)
         return torch.log_softmax(logits.float(), dim=-1), state
 
-    def _run(self, embedded: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
-        """embedded (batch, steps, embed_dim) -> attentional vectors (batch, steps, size), state.
+    def _run(
+        self, embedded: torch.Tensor, state: DecoderState, record: bool = False
+    ) -> tuple[torch.Tensor, DecoderState, list[Gates]]:
+        """embedded (batch, steps, embed_dim) -> attentional vectors (batch, steps, size), state,
+        and with `record` every layer's gates.
 
         With input feeding, `steps` must be 1: each input needs the previous step's output.
         """
@@ -125,7 +141,7 @@ class Decoder(nn.Module):
         if self.input_feeding:
             assert embedded.size(1) == 1 and state.attentional is not None
             rnn_input = torch.cat([embedded, state.attentional.unsqueeze(1)], dim=-1)
-        out = self.rnn(rnn_input, initial=(state.hidden.h, state.hidden.c))
+        out = self.rnn(rnn_input, initial=(state.hidden.h, state.hidden.c), record=record)
         rnn_output = out.outputs  # (batch, steps, hidden)
         weights = None
         features = rnn_output
@@ -142,4 +158,4 @@ class Decoder(nn.Module):
             attentional=attentional[:, -1] if self.input_feeding else None,
             attention_weights=None if weights is None else weights[:, -1],
         )
-        return attentional, new_state
+        return attentional, new_state, out.gates

@@ -36,3 +36,38 @@ def save_attention_heatmap(
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+GATE_ORDER = ("forget", "input", "output", "update", "reset")
+
+
+def gate_figure(gates: dict[str, torch.Tensor], pieces: list[str], title: str) -> plt.Figure:
+    """One heatmap per gate, time (pieces) x units, values in [0, 1]; below them the norm of
+    the cell state at every step (for cells that have one)."""
+    names = [name for name in GATE_ORDER if name in gates]
+    has_cell = "cell" in gates
+    rows = len(names) + (1 if has_cell else 0)
+    time_steps = len(pieces)
+    width = min(max(6.0, 0.3 * time_steps + 2.5), 40)
+    figure, axes = plt.subplots(rows, 1, figsize=(width, 2.2 * rows + 0.8), squeeze=False, sharex=True)
+    for ax, name in zip(axes[:, 0], names):
+        values = gates[name][:time_steps].float().numpy().T  # (units, time)
+        image = ax.imshow(values, cmap="magma", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
+        ax.set_ylabel(f"{name}\nunits", fontsize=9)
+        figure.colorbar(image, ax=ax, fraction=0.03, pad=0.01)
+    if has_cell:
+        ax = axes[-1, 0]
+        ax.plot(np.arange(time_steps), gates["cell"][:time_steps].float().norm(dim=-1).numpy(), marker="o")
+        ax.set_ylabel("|c_t|", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xticks(np.arange(time_steps), labels=pieces, rotation=90, fontsize=8)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def save_gate_figure(gates: dict[str, torch.Tensor], pieces: list[str], title: str, path: Path) -> None:
+    figure = gate_figure(gates, pieces, title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

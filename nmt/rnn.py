@@ -30,7 +30,7 @@ class StackOutput:
     h: torch.Tensor  # (layers * directions, batch, hidden): torch.nn.LSTM's layout
     c: torch.Tensor | None  # the same, for cells with a cell state; None for gru and rnn
     # With record=True: per layer and direction (index layer * directions + direction), each
-    # gate's activations, (batch, time, hidden).
+    # gate's activations and the cell state ("cell"), (batch, time, hidden).
     gates: list[Gates] = field(default_factory=list)
 
 
@@ -79,14 +79,17 @@ class RecurrentStack(nn.Module):
         lengths: torch.Tensor | None = None,
         initial: tuple[torch.Tensor, torch.Tensor | None] | None = None,
         record: bool = False,
+        explicit: bool = False,
     ) -> StackOutput:
         """x (batch, time, input); lengths (batch,) or None when nothing is padded;
-        initial (h, c) in torch.nn.LSTM's layout (c None for gru/rnn), zeros when None."""
+        initial (h, c) in torch.nn.LSTM's layout (c None for gru/rnn), zeros when None.
+        `record` returns every gate (and runs the explicit cells); `explicit` runs them without
+        recording, where a fused kernel would otherwise be used (for comparisons)."""
         batch_size = x.size(0)
         if initial is None:
             zeros = x.new_zeros(self.num_layers * self.num_directions, batch_size, self.hidden_size)
             initial = (zeros, zeros if self.has_cell_state else None)
-        if self._fused is not None and not record:
+        if self._fused is not None and not (record or explicit):
             return self._forward_fused(x, lengths, initial)
         return self._forward_cells(x, lengths, initial, record)
 
@@ -158,6 +161,8 @@ class RecurrentStack(nn.Module):
                 h = torch.where(real, h_new, h)
                 c = None if c is None else torch.where(real, c_new, c)
                 outputs[t] = h_new * real
+            if record and c_new is not None:
+                step_gates = {**step_gates, "cell": c_new}
             recorded[t] = step_gates
         gates = {name: torch.stack([g[name] for g in recorded], dim=1) for name in recorded[0]} if record else {}
         return torch.stack(outputs, dim=1), h, c, gates

@@ -99,6 +99,7 @@ class Trainer:
         valid = corpus["validation"]
         self.valid_src, self.valid_tgt = list(valid["src_ids"]), list(valid["tgt_ids"])
         self.valid_refs = list(valid["tgt"])
+        self.gate_sentence = next((text for text in valid["src"] if text.strip()), None)
         self.validated_step = -1
         options = SearchOptions(
             beam_size=self.train_config.valid_beam,
@@ -266,6 +267,7 @@ class Trainer:
             self.progress.validations_since_best += 1
         self.save(best=improved)
         self._plot_attention(step)
+        self._plot_gates(step)
         self.meter.reset()  # validation time is not training time
         log.info(
             "validation at step %d (%.1f min): loss %.3f, ppl %.2f, BLEU %.2f%s (%s)",
@@ -290,6 +292,19 @@ class Trainer:
             src_pieces = [*self.tokenizer.src_id_pieces(self.valid_src[i]), "</s>"]
             tgt_pieces = [*self.tokenizer.tgt_pieces(best.tokens), "</s>"]
             self.writer.add_figure(f"attention/valid_{i}", attention_figure(best.attention, src_pieces, tgt_pieces), step)
+
+
+    def _plot_gates(self, step: int) -> None:
+        """Every layer's gates on the first validation sentence, to TensorBoard."""
+        if not self.train_config.valid_gate_plots or self.gate_sentence is None:
+            return
+        from nmt.inspect_gates import inspect_sentence
+        from nmt.plots import gate_figure
+
+        _, layers = inspect_sentence(self.model, self.tokenizer, self.gate_sentence, self.device)
+        for layer in layers:
+            title = f"{layer.side} layer {layer.layer} ({layer.direction})"
+            self.writer.add_figure(f"gates/{layer.name}", gate_figure(layer.gates, layer.pieces, title), step)
 
 
 def run_training(config: Config, run_dir: Path) -> Progress:

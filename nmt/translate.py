@@ -169,6 +169,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-tokens", type=int, default=4000, help="padded source tokens per batch")
     parser.add_argument("--attention", metavar="DIR", type=Path,
                         help="write each sentence's attention as DIR/<line>.png (source x target pieces)")
+    parser.add_argument("--gates", metavar="DIR", type=Path,
+                        help="inspect the gates of each sentence's greedy translation: DIR/<line>/*.png, gates.json")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar on stderr (default: when the output is a file)")
     return parser.parse_args(argv)  # fmt: skip
@@ -193,6 +195,13 @@ def _write_attention(translator: Translator, translation: Translation, number: i
     src_pieces = [*translator.tokenizer.src_pieces(translation.source.strip()), "</s>"]
     tgt_pieces = [*translator.tokenizer.tgt_pieces(best.tokens), "</s>"]
     save_attention_heatmap(best.attention, src_pieces, tgt_pieces, directory / f"{number:06d}.png")
+
+
+def _write_gates(translator: Translator, sentence: str, directory: Path) -> None:
+    from nmt.inspect_gates import inspect_sentence, write_inspection  # matplotlib only when asked
+
+    translation, layers = inspect_sentence(translator.model, translator.tokenizer, sentence, translator.device)
+    write_inspection(translation, layers, sentence, directory)
 
 
 def _count_lines(path: str) -> int | None:
@@ -243,6 +252,8 @@ def _translate_all(translator: Translator, lines: Iterator[str], out, args: argp
             out.flush()
         if args.attention is not None:
             _write_attention(translator, translation, number, args.attention)
+        if args.gates is not None and translation.source.strip():
+            _write_gates(translator, translation.source, args.gates / f"{number:06d}")
         progress.update(1)
     progress.close()
     out.flush()
