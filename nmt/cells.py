@@ -130,6 +130,10 @@ _CELLS: dict[str, type[Cell]] = {
 }  # fmt: skip
 
 
+def has_cell_state(kind: str) -> bool:
+    return _CELLS[kind].has_cell_state
+
+
 def make_cell(kind: str, input_size: int, hidden_size: int) -> Cell:
     if kind not in _CELLS:
         raise ValueError(f"unknown cell kind {kind!r}; choose one of: {', '.join(CELL_KINDS)}")

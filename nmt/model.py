@@ -6,11 +6,10 @@ import torch
 from torch import nn
 
 from nmt.bridge import Bridge
-from nmt.cells import set_forget_bias
+from nmt.cells import has_cell_state, set_forget_bias
 from nmt.config import ModelConfig
 from nmt.decoder import Decoder, DecoderState
 from nmt.encoder import Encoder, EncoderOutput
-from nmt.rnn import RecurrentStack
 from nmt.tokenizer import PAD_ID
 
 
@@ -50,7 +49,7 @@ def build_model(config: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -
         decoder_layers=config.decoder.num_layers,
         decoder_size=config.decoder.hidden_size,
         encoder_cell_state=encoder.rnn.has_cell_state,
-        decoder_cell_state=RecurrentStack.kind_has_cell_state(config.decoder.cell),
+        decoder_cell_state=has_cell_state(config.decoder.cell),
     )
     decoder = Decoder(
         vocab_size=tgt_vocab_size,

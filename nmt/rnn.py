@@ -65,10 +65,6 @@ class RecurrentStack(nn.Module):
                 )  # fmt: skip
             self._fused = (template,)
 
-    @staticmethod
-    def kind_has_cell_state(kind: str) -> bool:
-        return kind in ("lstm", "peephole", "cifg")
-
     @property
     def output_size(self) -> int:
         return self.hidden_size * self.num_directions
