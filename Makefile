@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 ARGS   ?=
 
-.PHONY: install train translate eval test test-all tensorboard long-range clean
+.PHONY: install train translate eval test test-all bench scaling tensorboard long-range clean
 
 install: $(STAMP)
 
@@ -32,6 +32,13 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)
+
+# The speed benchmark of the reference model (scripts/bench.py): ARGS="--run RUN --baseline REV --peers".
+bench: $(STAMP)
+	$(BIN)/python scripts/bench.py $(ARGS)
+
+scaling: $(STAMP)
+	$(BIN)/python scripts/scaling.py $(ARGS)
 
 long-range: $(STAMP)
 	$(BIN)/python scripts/long_range.py $(ARGS)

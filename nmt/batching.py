@@ -111,15 +111,18 @@ class BucketBatcher:
         # Both sides get an eos (and the target a bos in tgt_in); a pair costs its longer side.
         self.lengths = [max(s, t) + 1 for s, t in zip(src_lengths, tgt_lengths)]
         self.src_lengths = list(src_lengths)
+        self.tgt_lengths = list(tgt_lengths)
         self.batch_tokens = batch_tokens
         self.seed = seed
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         rng = random.Random(f"{self.seed}-{epoch}")
         tie_break = [rng.random() for _ in self.lengths]
+        # Target length first: the decoder steps through every position of a batch's longest
+        # target one at a time, while the encoder is packed, so uneven targets cost the most.
         order = sorted(
             range(len(self.lengths)),
-            key=lambda i: (self.lengths[i], self.src_lengths[i], tie_break[i]),
+            key=lambda i: (self.tgt_lengths[i], self.src_lengths[i], tie_break[i]),
         )
         batches = token_budget_batches(self.lengths, self.batch_tokens, order)
         rng.shuffle(batches)

@@ -49,9 +49,20 @@ class Cell(nn.Module):
         for param in self.parameters():
             nn.init.uniform_(param, -bound, bound)
 
+    # Set by nmt.quantize: int8 twins of (W_x, b_x) and (W_h, b_h) for translation.
+    int8: tuple[nn.Module, nn.Module] | None = None
+
     def project_input(self, x: torch.Tensor) -> torch.Tensor:
         """x (batch, time, input) -> W_x x + b_x for every step: (batch, time, blocks * hidden)."""
+        if self.int8 is not None:
+            return self.int8[0](x)
         return torch.nn.functional.linear(x, self.weight_ih, self.bias_ih)
+
+    def project_hidden(self, h: torch.Tensor) -> torch.Tensor:
+        """h (batch, hidden) -> W_h h + b_h: (batch, blocks * hidden)."""
+        if self.int8 is not None:
+            return self.int8[1](h)
+        return torch.nn.functional.linear(h, self.weight_hh, self.bias_hh)
 
     def step(
         self, projected_x: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None, record: bool = False
@@ -60,7 +71,7 @@ class Cell(nn.Module):
 
         `gates` holds the activations by name when `record` is set (the gate inspector), else {}.
         """
-        gates = projected_x + torch.nn.functional.linear(h, self.weight_hh, self.bias_hh)
+        gates = projected_x + self.project_hidden(h)
         i, f, candidate, o = gates.chunk(4, dim=-1)
         i, f, candidate, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(candidate), torch.sigmoid(o)
         c_t = f * c + i * candidate
@@ -79,7 +90,7 @@ class PeepholeCell(Cell):
         self.peephole_o = nn.Parameter(torch.zeros(hidden_size))
 
     def step(self, projected_x, h, c, record=False):
-        gates = projected_x + torch.nn.functional.linear(h, self.weight_hh, self.bias_hh)
+        gates = projected_x + self.project_hidden(h)
         i, f, candidate, o = gates.chunk(4, dim=-1)
         i = torch.sigmoid(i + self.peephole_i * c)
         f = torch.sigmoid(f + self.peephole_f * c)
@@ -93,7 +104,7 @@ class CIFGCell(Cell):
     kind = "cifg"
 
     def step(self, projected_x, h, c, record=False):
-        gates = projected_x + torch.nn.functional.linear(h, self.weight_hh, self.bias_hh)
+        gates = projected_x + self.project_hidden(h)
         f, candidate, o = gates.chunk(3, dim=-1)
         f, o = torch.sigmoid(f), torch.sigmoid(o)
         c_t = f * c + (1.0 - f) * torch.tanh(candidate)
@@ -107,7 +118,7 @@ class GRUCell(Cell):
 
     def step(self, projected_x, h, c, record=False):
         x_r, x_u, x_n = projected_x.chunk(3, dim=-1)
-        h_r, h_u, h_n = torch.nn.functional.linear(h, self.weight_hh, self.bias_hh).chunk(3, dim=-1)
+        h_r, h_u, h_n = self.project_hidden(h).chunk(3, dim=-1)
         r = torch.sigmoid(x_r + h_r)
         u = torch.sigmoid(x_u + h_u)
         candidate = torch.tanh(x_n + r * h_n)
@@ -121,7 +132,7 @@ class RNNCell(Cell):
     has_cell_state = False
 
     def step(self, projected_x, h, c, record=False):
-        h_t = torch.tanh(projected_x + torch.nn.functional.linear(h, self.weight_hh, self.bias_hh))
+        h_t = torch.tanh(projected_x + self.project_hidden(h))
         return h_t, None, {}
 
 

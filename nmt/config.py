@@ -16,6 +16,7 @@ CELL_KINDS = ("lstm", "peephole", "cifg", "gru", "rnn")  # nmt.cells.CELL_KINDS,
 TOKENIZER_KINDS = ("unigram", "bpe")
 INIT_KINDS = ("uniform", "xavier", "pytorch")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
 class ConfigError(ValueError):
@@ -44,6 +45,9 @@ class TokenizerConfig:
     character_coverage: float = 1.0
     # Sentences sampled for SentencePiece training (0: all of them).
     max_sentences: int = 0
+    # The output layer covers only the pieces the training targets use (a joint model's other
+    # half never occurs there): a smaller softmax, faster training and search.
+    restrict_output: bool = True
 
     def __post_init__(self) -> None:
         _check_choice("data.tokenizer.kind", self.kind, TOKENIZER_KINDS)
@@ -147,6 +151,10 @@ class TrainConfig:
     seed: int = 1234
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda
     num_threads: int = 0  # CPU threads for torch; 0 leaves torch's default (every core)
+    # fp32; bf16: matrix products in bfloat16 under autocast, weights and loss in fp32; auto: bf16
+    # where the hardware has native bf16 products, else fp32 (nmt/precision.py). Validation
+    # translates in the same precision.
+    precision: str = "fp32"
     batch_tokens: int = 4000  # padded tokens per batch: batch size x longest side
     lr: float = 0.001
     clip_norm: float = 1.0  # 0 disables clipping
@@ -176,6 +184,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check_choice("train.device", self.device, DEVICES)
+        _check_choice("train.precision", self.precision, PRECISIONS)
         _check_positive("train.num_threads", self.num_threads, allow_zero=True)
         _check_positive("train.batch_tokens", self.batch_tokens)
         _check_positive("train.lr", self.lr)

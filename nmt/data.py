@@ -237,6 +237,8 @@ def prepare_data(
             max_sentences=options.max_sentences,
             num_threads=num_threads,
         )
+        if options.restrict_output:
+            tokenizer = tokenizer.restrict_output(corpus["train"]["tgt"])
 
     def encode(batch: dict) -> dict:
         return {"src_ids": tokenizer.encode_src(batch["src"]), "tgt_ids": tokenizer.encode_tgt(batch["tgt"])}

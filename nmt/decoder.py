@@ -32,17 +32,26 @@ class DecoderState:
     attentional: torch.Tensor | None  # (batch, attentional_size): last step's, for input feeding
     attention_weights: torch.Tensor | None = None  # (batch, src_len): last step's
 
-    def reorder(self, index: torch.Tensor) -> "DecoderState":
-        """A state whose row i is this state's row index[i] (beam search reselects rows)."""
+    def reorder(self, index: torch.Tensor, same_sources: bool = False) -> "DecoderState":
+        """A state whose row i is this state's row index[i] (beam search reselects rows).
+
+        `same_sources`: the caller promises that row index[i] has the same source as row i (beam
+        search choosing among one sentence's beams), so memory, keys and mask stay as they are:
+        copying them at every step would cost more than the step's own attention.
+        """
 
         def pick(tensor: torch.Tensor | None) -> torch.Tensor | None:
             return None if tensor is None else tensor.index_select(0, index)
 
+        if same_sources:
+            memory, keys, src_mask = self.memory, self.keys, self.src_mask
+        else:
+            memory, keys, src_mask = pick(self.memory), pick(self.keys), pick(self.src_mask)
         return DecoderState(
             hidden=self.hidden.index_select(index),
-            memory=self.memory.index_select(0, index),
-            keys=pick(self.keys),
-            src_mask=self.src_mask.index_select(0, index),
+            memory=memory,
+            keys=keys,
+            src_mask=src_mask,
             attentional=pick(self.attentional),
             attention_weights=pick(self.attention_weights),
         )
@@ -111,6 +120,8 @@ class Decoder(nn.Module):
         embedded = self.dropout(self.embed(tgt_in))  # (batch, tgt_len, embed_dim)
         if self.fused:
             return self._run(embedded, state, record)
+        if not record:
+            return self._teacher_force_feeding(embedded, state)
         outputs, steps_gates = [], []
         for t in range(embedded.size(1)):
             step_out, state, gates = self._run(embedded[:, t : t + 1], state, record)
@@ -124,10 +135,77 @@ class Decoder(nn.Module):
 
     def step(self, prev_tokens: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
         """One decoding step for search: prev_tokens (batch,) -> log_probs (batch, vocab), state."""
-        embedded = self.dropout(self.embed(prev_tokens.unsqueeze(1)))  # (batch, 1, embed_dim)
-        attentional, state, _ = self._run(embedded, state)
-        logits = self.output(attentional.squeeze(1))  # (batch, vocab)
+        if self.input_feeding:
+            embedded = self.dropout(self.embed(prev_tokens))  # (batch, embed_dim)
+            first = self.rnn.cells[0]
+            # The first layer reads [embedding; last attentional vector]: one product for both.
+            projected = first.project_input(torch.cat([embedded, state.attentional.to(embedded.dtype)], dim=-1))
+            hidden = state.hidden
+            c = None if hidden.c is None else list(hidden.c.unbind(0))
+            attentional, h, c, weights = self._feeding_step(projected, list(hidden.h.unbind(0)), c, state)
+            state = replace(
+                state,
+                hidden=RecurrentState(torch.stack(h), None if c is None else torch.stack(c)),
+                attentional=attentional,
+                attention_weights=weights,
+            )
+        else:
+            embedded = self.dropout(self.embed(prev_tokens.unsqueeze(1)))  # (batch, 1, embed_dim)
+            attentional, state, _ = self._run(embedded, state)
+            attentional = attentional.squeeze(1)
+        logits = self.output(attentional)  # (batch, vocab)
         return torch.log_softmax(logits.float(), dim=-1), state
+
+    # --- input feeding: one step at a time, straight through the cells -------------------------
+    # Each step needs the previous step's output, so torch's sequence kernels cannot run the
+    # target in one call; calling them once per step costs more than the step itself. The cells
+    # are run directly instead, and the first layer's embedding half is projected for the whole
+    # target in one product (only the attentional half is left to each step).
+    def _teacher_force_feeding(self, embedded: torch.Tensor, state: DecoderState):
+        first = self.rnn.cells[0]
+        embed_dim = embedded.size(-1)
+        feed_weight = first.weight_ih[:, embed_dim:]  # (blocks * hidden, attentional_size)
+        # (batch, tgt_len, blocks * hidden): W_emb y_t + b for every step at once. unbind, not
+        # [:, t]: the backward of a slice fills a zero tensor of the whole target per step.
+        projected = torch.nn.functional.linear(embedded, first.weight_ih[:, :embed_dim], first.bias_ih).unbind(1)
+        # Per-layer lists rather than stacked tensors for the same reason.
+        h = list(state.hidden.h.unbind(0))
+        c = None if state.hidden.c is None else list(state.hidden.c.unbind(0))
+        attentional = state.attentional
+        outputs = []
+        for step_projected in projected:
+            assert attentional is not None
+            step_projected = step_projected + torch.nn.functional.linear(attentional, feed_weight)
+            attentional, h, c, weights = self._feeding_step(step_projected, h, c, state)
+            outputs.append(attentional)
+        final = replace(
+            state,
+            hidden=RecurrentState(torch.stack(h), None if c is None else torch.stack(c)),
+            attentional=attentional,
+            attention_weights=weights,
+        )
+        return torch.stack(outputs, dim=1), final, []  # (batch, tgt_len, attentional_size)
+
+    def _feeding_step(self, projected: torch.Tensor, h: list[torch.Tensor], c: list[torch.Tensor] | None, state):
+        """projected: the first layer's input projection (batch, blocks * hidden); h, c: each
+        layer's state (batch, hidden) -> the attentional vector (batch, attentional_size), the
+        new h and c lists, and the attention weights (batch, src_len)."""
+        new_h, new_c = [], []
+        for layer, cell in enumerate(self.rnn.cells):
+            if layer > 0:
+                below = new_h[-1]
+                if self.rnn.dropout:
+                    below = nn.functional.dropout(below, self.rnn.dropout, self.training)
+                projected = cell.project_input(below)
+            h_t, c_t, _ = cell.step(projected, h[layer], None if c is None else c[layer])
+            new_h.append(h_t)
+            new_c.append(c_t)
+        rnn_output = new_h[-1].unsqueeze(1)  # (batch, 1, hidden)
+        assert self.attention is not None and state.keys is not None and self.combine is not None
+        context, weights = self.attention(rnn_output, state.keys, state.memory, state.src_mask)
+        features = torch.cat([rnn_output, context.to(rnn_output.dtype)], dim=-1)  # (batch, 1, hidden + memory)
+        attentional = self.dropout(torch.tanh(self.combine(features))).squeeze(1)  # (batch, attentional_size)
+        return attentional, new_h, None if c is None else new_c, weights[:, 0]
 
     def _run(
         self, embedded: torch.Tensor, state: DecoderState, record: bool = False

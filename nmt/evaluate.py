@@ -95,7 +95,9 @@ def evaluate_model(run_or_checkpoint: str, sources: list[str], references: list[
     checkpoint = resolve_checkpoint(run_or_checkpoint)
     options = SearchOptions(beam_size=args.beam, length_penalty=args.length_penalty, alpha=args.alpha,
                             max_len_a=args.max_len_a, max_len_b=args.max_len_b)  # fmt: skip
-    translator = Translator.from_checkpoint(checkpoint, args.device, options, args.batch_tokens)
+    translator = Translator.from_checkpoint(
+        checkpoint, args.device, options, args.batch_tokens, args.precision, args.quantize
+    )
     started = time.perf_counter()
     hypotheses = translator.translate(sources)
     seconds = time.perf_counter() - started
@@ -103,8 +105,13 @@ def evaluate_model(run_or_checkpoint: str, sources: list[str], references: list[
     out_dir = _results_dir(checkpoint)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{split}.{checkpoint.stem}.beam{args.beam}"
+    if args.precision != "fp32" or args.quantize != "none":
+        stem += f".{args.quantize if args.quantize != 'none' else args.precision}"
     (out_dir / f"{stem}.hyp").write_text("".join(h + "\n" for h in hypotheses), encoding="utf-8")
-    result = {**asdict(evaluation), "sentences_per_s": evaluation.sentences_per_s, "search": asdict(options)}
+    result = {
+        **asdict(evaluation), "sentences_per_s": evaluation.sentences_per_s, "search": asdict(options),
+        "precision": args.precision, "quantize": args.quantize,
+    }  # fmt: skip
     (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     log.info("wrote %s.{hyp,json} in %s", stem, out_dir)
     return evaluation
@@ -161,6 +168,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-len-b", type=int, default=10)
     parser.add_argument("--batch-tokens", type=int, default=4000)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
+                        help="bf16: autocast products; auto: bf16 where native")
+    parser.add_argument("--quantize", default="none", choices=("none", "int8"), help="int8: dynamic int8 decoder")
     args = parser.parse_args(argv)
     ways = sum([args.split is not None, args.src is not None, args.hyp is not None, args.testset is not None])
     if ways != 1:

@@ -4,7 +4,7 @@
 
 translates the sentence (greedy), replays the encoder and the decoder over it with the explicit
 cells, and writes, per layer (and direction), a PNG with one heatmap per gate (time x units,
-the pieces on the time axis) and the cell-state norm per step, plus `gates.json` with the numbers.
+the pieces on the time axis) and the cell-state norm per step (the hidden state's for gru and rnn), plus `gates.json` with the numbers.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class LayerGates:
     layer: int
     direction: str  # forward | backward
     pieces: list[str]  # the time axis
-    gates: dict[str, torch.Tensor]  # gate name -> (time, hidden); "cell" is the cell state
+    gates: dict[str, torch.Tensor]  # gate name -> (time, hidden); "cell" and "hidden": the states
 
     @property
     def name(self) -> str:
@@ -41,6 +41,10 @@ class LayerGates:
     @property
     def cell_norm(self) -> torch.Tensor | None:
         return self.gates["cell"].norm(dim=-1) if "cell" in self.gates else None  # (time,)
+
+    @property
+    def hidden_norm(self) -> torch.Tensor | None:
+        return self.gates["hidden"].norm(dim=-1) if "hidden" in self.gates else None  # (time,)
 
 
 @torch.no_grad()
@@ -86,8 +90,9 @@ def write_inspection(translation: str, layers: list[LayerGates], sentence: str, 
         "translation": translation,
         "layers": [
             {"side": l.side, "layer": l.layer, "direction": l.direction, "pieces": l.pieces,
-             "gates": {name: value.tolist() for name, value in l.gates.items() if name != "cell"},
-             "cell_norm": None if l.cell_norm is None else l.cell_norm.tolist()}
+             "gates": {name: value.tolist() for name, value in l.gates.items() if name not in ("cell", "hidden")},
+             "cell_norm": None if l.cell_norm is None else l.cell_norm.tolist(),
+             "hidden_norm": None if l.hidden_norm is None else l.hidden_norm.tolist()}
             for l in layers
         ],
     }  # fmt: skip

@@ -14,15 +14,15 @@ def sequence_loss(
     """logits (batch, tgt_len, vocab), tgt_out (batch, tgt_len) -> (loss sum, nll sum).
 
     The loss (smoothed) is what training minimises; the plain negative log-likelihood gives
-    perplexity. Both are sums over real tokens: divide by the token count.
+    perplexity. Both are sums over real tokens: divide by the token count. One log-softmax serves
+    both (it is the largest tensor of a training step): the smoothed loss is torch's
+    `cross_entropy(label_smoothing=eps)`, (1 - eps) * nll + eps * mean over the vocabulary of -log p.
     """
-    flat_logits = logits.reshape(-1, logits.size(-1)).float()
+    log_probs = F.log_softmax(logits.reshape(-1, logits.size(-1)).float(), dim=-1)  # (tokens, vocab)
     flat_target = tgt_out.reshape(-1)
-    loss = F.cross_entropy(
-        flat_logits, flat_target, ignore_index=PAD_ID, label_smoothing=label_smoothing, reduction="sum"
-    )
+    nll = F.nll_loss(log_probs, flat_target, ignore_index=PAD_ID, reduction="sum")
     if label_smoothing == 0.0:
-        return loss, loss.detach()
-    with torch.no_grad():
-        nll = F.cross_entropy(flat_logits, flat_target, ignore_index=PAD_ID, reduction="sum")
-    return loss, nll
+        return nll, nll.detach()
+    real = flat_target != PAD_ID
+    uniform = -log_probs.sum(dim=-1).masked_select(real).sum() / log_probs.size(-1)
+    return (1.0 - label_smoothing) * nll + label_smoothing * uniform, nll.detach()

@@ -43,10 +43,13 @@ GATE_ORDER = ("forget", "input", "output", "update", "reset")
 
 def gate_figure(gates: dict[str, torch.Tensor], pieces: list[str], title: str) -> plt.Figure:
     """One heatmap per gate, time (pieces) x units, values in [0, 1]; below them the norm of
-    the cell state at every step (for cells that have one)."""
+    the cell state at every step (the hidden state's for gru and rnn; rnn has no gates)."""
     names = [name for name in GATE_ORDER if name in gates]
-    has_cell = "cell" in gates
-    rows = len(names) + (1 if has_cell else 0)
+    # The state's norm per step: the cell state's, or the hidden state's for cells without one.
+    state = "cell" if "cell" in gates else "hidden" if "hidden" in gates else None
+    rows = len(names) + (1 if state else 0)
+    if rows == 0:
+        raise ValueError(f"nothing to plot for {title!r}: no gates and no state were recorded")
     time_steps = len(pieces)
     width = min(max(6.0, 0.3 * time_steps + 2.5), 40)
     figure, axes = plt.subplots(rows, 1, figsize=(width, 2.2 * rows + 0.8), squeeze=False, sharex=True)
@@ -55,10 +58,10 @@ def gate_figure(gates: dict[str, torch.Tensor], pieces: list[str], title: str) -
         image = ax.imshow(values, cmap="magma", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
         ax.set_ylabel(f"{name}\nunits", fontsize=9)
         figure.colorbar(image, ax=ax, fraction=0.03, pad=0.01)
-    if has_cell:
+    if state:
         ax = axes[-1, 0]
-        ax.plot(np.arange(time_steps), gates["cell"][:time_steps].float().norm(dim=-1).numpy(), marker="o")
-        ax.set_ylabel("|c_t|", fontsize=9)
+        ax.plot(np.arange(time_steps), gates[state][:time_steps].float().norm(dim=-1).numpy(), marker="o")
+        ax.set_ylabel("|c_t|" if state == "cell" else "|h_t|", fontsize=9)
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xticks(np.arange(time_steps), labels=pieces, rotation=90, fontsize=8)
     figure.suptitle(title)

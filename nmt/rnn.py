@@ -30,7 +30,8 @@ class StackOutput:
     h: torch.Tensor  # (layers * directions, batch, hidden): torch.nn.LSTM's layout
     c: torch.Tensor | None  # the same, for cells with a cell state; None for gru and rnn
     # With record=True: per layer and direction (index layer * directions + direction), each
-    # gate's activations and the cell state ("cell"), (batch, time, hidden).
+    # gate's activations, the hidden state ("hidden") and the cell state ("cell", for cells that
+    # have one), (batch, time, hidden).
     gates: list[Gates] = field(default_factory=list)
 
 
@@ -54,6 +55,11 @@ class RecurrentStack(nn.Module):
             for _ in range(self.num_directions)
         )
         self.has_cell_state = self.cells[0].has_cell_state
+        # Set when the cells' weights are replaced by twins the fused kernel cannot read (int8).
+        self.force_explicit = False
+        # Set by nmt.quantize: torch's int8 LSTM / GRU module holding these weights, run instead
+        # of the float kernel (in a tuple, so its packed weights stay out of the state dict).
+        self.int8_kernel: tuple[nn.Module] | None = None
         # A weightless torch module (on the meta device) that the fused path runs with our weights;
         # kept in a tuple so it is not registered as a submodule with parameters of its own.
         self._fused = None
@@ -85,11 +91,22 @@ class RecurrentStack(nn.Module):
         if initial is None:
             zeros = x.new_zeros(self.num_layers * self.num_directions, batch_size, self.hidden_size)
             initial = (zeros, zeros if self.has_cell_state else None)
-        if self._fused is not None and not (record or explicit):
+        if self._fused is not None and not (record or explicit or self.force_explicit):
             return self._forward_fused(x, lengths, initial)
         return self._forward_cells(x, lengths, initial, record)
 
     # --- fused: torch's kernels with our weights ---------------------------------------------
+    def fused_module(self) -> nn.Module:
+        """A real torch.nn.LSTM / GRU / RNN holding a copy of these weights (for quantization)."""
+        assert self._fused is not None
+        template = self._fused[0]
+        module = type(template)(
+            template.input_size, self.hidden_size, self.num_layers, batch_first=True, dropout=self.dropout,
+            bidirectional=self.num_directions == 2,
+        )  # fmt: skip
+        module.load_state_dict({name: weight.detach() for name, weight in self._fused_weights().items()})
+        return module.eval()
+
     def _fused_weights(self) -> dict[str, torch.Tensor]:
         weights = {}
         for index, cell in enumerate(self.cells):
@@ -104,11 +121,17 @@ class RecurrentStack(nn.Module):
         template = self._fused[0].train(self.training)
         h0, c0 = initial
         hx = (h0, c0) if self.has_cell_state else h0
+
+        def kernel(inputs):
+            if self.int8_kernel is not None:
+                return self.int8_kernel[0](inputs, hx)
+            return functional_call(template, self._fused_weights(), (inputs, hx))
+
         if lengths is None:
-            outputs, final = functional_call(template, self._fused_weights(), (x, hx))
+            outputs, final = kernel(x)
         else:
             packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-            packed_out, final = functional_call(template, self._fused_weights(), (packed, hx))
+            packed_out, final = kernel(packed)
             outputs, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=x.size(1))
         h, c = final if self.has_cell_state else (final, None)
         return StackOutput(outputs, h, c)
@@ -157,8 +180,9 @@ class RecurrentStack(nn.Module):
                 h = torch.where(real, h_new, h)
                 c = None if c is None else torch.where(real, c_new, c)
                 outputs[t] = h_new * real
-            if record and c_new is not None:
-                step_gates = {**step_gates, "cell": c_new}
+            if record:
+                # The states too: a cell without gates (rnn) still shows what it carries.
+                step_gates = {**step_gates, "hidden": h_new} | ({"cell": c_new} if c_new is not None else {})
             recorded[t] = step_gates
         gates = {name: torch.stack([g[name] for g in recorded], dim=1) for name in recorded[0]} if record else {}
         return torch.stack(outputs, dim=1), h, c, gates

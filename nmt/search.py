@@ -1,7 +1,8 @@
 """Greedy and beam search over the decoding protocol of DESIGN.md.
 
 Only `model.encode`, `model.init_decoder`, `model.decoder.step` and `DecoderState.reorder` are
-used, so every cell and attention kind decodes with this code. Both searches run a whole batch of
+used (beam search tells `reorder` when rows only move among a sentence's own beams, so the
+encoder memory is not copied at every step), so every cell and attention kind decodes with this code. Both searches run a whole batch of
 sentences at once (one `step` call per time step) and drop sentences from the batch as they
 finish.
 """
@@ -194,7 +195,7 @@ class _Beams:
         self.scores = top_scores.gather(1, keep)
         parent_rows = (torch.arange(live, device=keep.device) * k).unsqueeze(1) + top_beams.gather(1, keep)
         parent_rows = parent_rows.view(-1)
-        self.state = self.state.reorder(parent_rows)
+        self.state = self.state.reorder(parent_rows, same_sources=True)  # parents are the sentence's own beams
         self.prev_tokens = top_tokens.gather(1, keep).view(-1)
         self.history = torch.cat([self.history[parent_rows], self.prev_tokens.unsqueeze(1)], dim=1)
         if self.attention is not None and self.state.attention_weights is not None:

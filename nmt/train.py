@@ -26,6 +26,7 @@ from nmt.data import prepare_data
 from nmt.evaluate import bleu
 from nmt.loss import sequence_loss
 from nmt.model import Seq2Seq, build_model, count_parameters
+from nmt.precision import autocast, resolve_precision
 from nmt.search import SearchOptions
 from nmt.tokenizer import Tokenizer
 from nmt.translate import Translator, resolve_device
@@ -75,6 +76,7 @@ class Trainer:
     ) -> None:
         self.config = config
         self.train_config: TrainConfig = config.train
+        self.precision = resolve_precision(config.train.precision, device)
         self.run_dir = run_dir
         self.checkpoint_dir = run_dir / "checkpoints"
         self.tokenizer = tokenizer
@@ -83,13 +85,16 @@ class Trainer:
         self.model: Seq2Seq = build_model(config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
         self.model.to(device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.train_config.lr)
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer,
-            mode="min",
-            factor=self.train_config.lr_decay_factor,
-            patience=self.train_config.lr_patience,
-            min_lr=self.train_config.min_lr,
-        )
+        # lr_decay_factor 1.0 means a constant rate (torch's plateau scheduler refuses factor 1).
+        self.scheduler = None
+        if self.train_config.lr_decay_factor < 1.0:
+            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                self.optimizer,
+                mode="min",
+                factor=self.train_config.lr_decay_factor,
+                patience=self.train_config.lr_patience,
+                min_lr=self.train_config.min_lr,
+            )
         # Plain lists: indexing a datasets column reads Arrow on every access.
         self.train_src, self.train_tgt = list(corpus["train"]["src_ids"]), list(corpus["train"]["tgt_ids"])
         self.batcher = BucketBatcher(
@@ -106,11 +111,13 @@ class Trainer:
             max_len_a=self.train_config.max_len_a,
             max_len_b=self.train_config.max_len_b,
         )
-        self.translator = Translator(self.model, tokenizer, device, options, self.train_config.batch_tokens)
+        self.translator = Translator(
+            self.model, tokenizer, device, options, self.train_config.batch_tokens, self.precision
+        )
         self.progress = Progress()
         self.meter = ThroughputMeter()
         self.writer = SummaryWriter(str(run_dir / "tensorboard"))
-        log.info("model: %s parameters", f"{count_parameters(self.model):,}")
+        log.info("model: %s parameters; precision %s", f"{count_parameters(self.model):,}", self.precision)
 
     # --- checkpoints -------------------------------------------------------------------------
     def _payload(self, full: bool) -> dict:
@@ -122,7 +129,7 @@ class Trainer:
         }
         if full:
             payload["optimizer"] = self.optimizer.state_dict()
-            payload["scheduler"] = self.scheduler.state_dict()
+            payload["scheduler"] = None if self.scheduler is None else self.scheduler.state_dict()
             payload["rng"] = {"torch": torch.get_rng_state()}
             if torch.cuda.is_available():
                 payload["rng"]["cuda"] = torch.cuda.get_rng_state_all()
@@ -137,7 +144,8 @@ class Trainer:
         """Continue from a `last.pt` payload: weights, optimizer, scheduler, RNG, data position."""
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
-        self.scheduler.load_state_dict(payload["scheduler"])
+        if self.scheduler is not None and payload.get("scheduler") is not None:
+            self.scheduler.load_state_dict(payload["scheduler"])
         torch.set_rng_state(payload["rng"]["torch"])
         if "cuda" in payload["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
@@ -207,7 +215,9 @@ class Trainer:
         self.model.train()
         batch = collate([self.train_src[i] for i in indices], [self.train_tgt[i] for i in indices])
         batch = batch.to(self.device)
-        logits = self.model(batch.src, batch.src_lengths, batch.tgt_in)
+        with autocast(self.precision, self.device):
+            logits = self.model(batch.src, batch.src_lengths, batch.tgt_in)
+        # The loss is fp32 whatever the precision (sequence_loss upcasts the logits).
         loss_sum, _ = sequence_loss(logits, batch.tgt_out, self.train_config.label_smoothing)
         tokens = batch.num_tgt_tokens
         self.optimizer.zero_grad(set_to_none=True)
@@ -240,7 +250,8 @@ class Trainer:
         with torch.inference_mode():
             for indices in token_budget_batches(lengths, self.train_config.batch_tokens):
                 batch = collate([src_ids[i] for i in indices], [tgt_ids[i] for i in indices]).to(self.device)
-                logits = self.model(batch.src, batch.src_lengths, batch.tgt_in)
+                with autocast(self.precision, self.device):
+                    logits = self.model(batch.src, batch.src_lengths, batch.tgt_in)
                 _, nll = sequence_loss(logits, batch.tgt_out)
                 nll_total += float(nll)
                 tokens += batch.num_tgt_tokens
@@ -258,7 +269,8 @@ class Trainer:
             self.writer.add_scalar(f"valid/{name}", result[name], step)
         self.writer.add_scalar("valid/train_minutes", minutes, step)
         self.writer.flush()
-        self.scheduler.step(result["loss"])
+        if self.scheduler is not None:
+            self.scheduler.step(result["loss"])
         improved = result["bleu"] > self.progress.best_bleu
         if improved:
             self.progress.best_bleu = result["bleu"]
@@ -284,7 +296,7 @@ class Trainer:
         from nmt.plots import attention_figure  # matplotlib only when plots are asked for
 
         options = replace(self.translator.options, beam_size=1, nbest=1, return_attention=True)
-        plotter = Translator(self.model, self.tokenizer, self.device, options)
+        plotter = Translator(self.model, self.tokenizer, self.device, options, precision=self.precision)
         for i, hypotheses in enumerate(plotter.search_ids(self.valid_src[:count])):
             best = hypotheses[0]
             if best.attention is None:

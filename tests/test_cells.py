@@ -127,12 +127,12 @@ def test_recorded_gates_have_a_value_per_step_and_unit():
     stack = RecurrentStack("lstm", 5, 4, num_layers=2, bidirectional=True)
     out = stack(padded_input(), LENGTHS, record=True)
     assert len(out.gates) == 4
-    assert set(out.gates[0]) == {"forget", "input", "output", "cell"}
+    assert set(out.gates[0]) == {"forget", "input", "output", "cell", "hidden"}
     assert out.gates[0]["forget"].shape == (4, 7, 4)
     forget = out.gates[0]["forget"].detach()
     assert 0 < float(forget.min()) and float(forget.max()) < 1
     gru = RecurrentStack("gru", 5, 4)(padded_input(), LENGTHS, record=True)
-    assert set(gru.gates[0]) == {"update", "reset"}
+    assert set(gru.gates[0]) == {"update", "reset", "hidden"}
 
 
 @pytest.mark.parametrize("kind", ["lstm", "peephole", "cifg", "gru"])

@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import PAIRS
 
 BIN = Path(sys.executable).parent
@@ -39,3 +41,27 @@ def test_translate_gates_option_and_errors(trained_run, tmp_path):
     empty = subprocess.run([str(BIN / "nmt-inspect"), str(trained_run), "  ", "-o", str(tmp_path / "e")],
                            capture_output=True, text=True, timeout=300)  # fmt: skip
     assert empty.returncode == 2 and "the sentence is empty" in empty.stderr
+
+
+@pytest.mark.parametrize("cell", ["gru", "rnn"])
+def test_cells_without_a_cell_state_are_inspected_and_plotted(cell, tmp_path):
+    """rnn has no gates at all: its plot shows the hidden state's norm (a gateless layer once
+    crashed the first validation of a `model.*.cell=rnn` run)."""
+    import torch
+
+    from nmt.config import DecoderConfig, EncoderConfig, ModelConfig
+    from nmt.inspect_gates import inspect_sentence, write_inspection
+    from nmt.model import build_model
+    from nmt.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.train([de for de, _ in PAIRS], [en for _, en in PAIRS], vocab_size=60)
+    config = ModelConfig(embed_dim=8, encoder=EncoderConfig(hidden_size=6, num_layers=1, cell=cell),
+                         decoder=DecoderConfig(hidden_size=8, num_layers=1, cell=cell))  # fmt: skip
+    model = build_model(config, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
+    translation, layers = inspect_sentence(model, tokenizer, PAIRS[0][0], torch.device("cpu"))
+    paths = write_inspection(translation, layers, PAIRS[0][0], tmp_path)
+    assert len(paths) == 3 and all(path.stat().st_size > 0 for path in paths)
+    numbers = json.loads((tmp_path / "gates.json").read_text())
+    for layer in numbers["layers"]:
+        assert layer["cell_norm"] is None and len(layer["hidden_norm"]) == len(layer["pieces"])
+        assert set(layer["gates"]) == ({"update", "reset"} if cell == "gru" else set())

@@ -24,7 +24,7 @@ class ToyState:
     rows: torch.Tensor
     attention_weights: None = None
 
-    def reorder(self, index: torch.Tensor) -> "ToyState":
+    def reorder(self, index: torch.Tensor, same_sources: bool = False) -> "ToyState":
         return ToyState(self.rows[index])
 
 

@@ -53,3 +53,21 @@ def test_bad_model_bytes_are_a_clear_error(tmp_path):
         Tokenizer(b"not a model")
     with pytest.raises(TokenizerError, match="no SentencePiece model"):
         Tokenizer.load(tmp_path)
+
+
+def test_restricted_output_covers_only_target_pieces_and_round_trips(tmp_path):
+    tokenizer = Tokenizer.train(SRC, TGT, vocab_size=120)
+    restricted = tokenizer.restrict_output(TGT)
+    assert restricted.tgt_vocab_size < tokenizer.tgt_vocab_size  # German pieces are gone
+    assert restricted.src_vocab_size == tokenizer.src_vocab_size
+    ids = restricted.encode_tgt(TGT)
+    assert max(max(row) for row in ids) < restricted.tgt_vocab_size
+    assert restricted.decode_tgt(ids) == TGT
+    assert restricted.tgt_pieces(ids[0]) == tokenizer.tgt_pieces(tokenizer.encode_tgt(TGT[:1])[0])
+    # A piece the targets never use (a German word) is unknown on the target side.
+    german_only = restricted.encode_tgt([SRC[0]])[0]
+    assert UNK_ID in german_only
+    restricted.save(tmp_path)
+    for copy in (Tokenizer.from_state(restricted.state()), Tokenizer.load(tmp_path)):
+        assert copy.encode_tgt(TGT) == ids and copy.fingerprint == restricted.fingerprint
+    assert restricted.fingerprint != tokenizer.fingerprint

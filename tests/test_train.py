@@ -56,6 +56,21 @@ def test_resume_continues_exactly_where_the_run_stopped(text_corpus, tmp_path):
         torch.testing.assert_close(weight, b["model"][name], msg=name)
 
 
+def test_a_constant_learning_rate_and_gateless_cells_train_and_resume(text_corpus, tmp_path):
+    """lr_decay_factor=1.0 (the peers preset) once crashed at start (torch's plateau scheduler
+    refuses factor 1), and rnn cells crashed the first validation's gate plots."""
+    config = tiny_config(text_corpus, max_steps=6, lr_decay_factor=1.0, precision="bf16")
+    config.model.encoder.cell = config.model.decoder.cell = "rnn"
+    run = tmp_path / "run"
+    run_training(config, run)
+    config.train.max_steps = 8
+    config.train.resume = str(run)
+    progress = run_training(config, run)
+    assert progress.step == 8
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert last["scheduler"] is None and last["optimizer"]["param_groups"][0]["lr"] == 0.003
+
+
 def test_resume_keeps_the_runs_model_config(text_corpus, tmp_path):
     run = tmp_path / "run"
     run_training(tiny_config(text_corpus, max_steps=4), run)

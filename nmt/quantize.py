@@ -1,0 +1,55 @@
+"""int8 translation: dynamic quantization of the decoder's recurrent cells and the linear layers.
+
+Weights are stored as int8 (per output row scales); activations are quantized on the fly, batch
+by batch, so no calibration data is needed. The decoder's cells run their two matrix products
+(input and recurrent) through int8 twins of their weights (`Cell.int8`); every `nn.Linear`
+(attention, combination, output projection, bridge) is replaced by torch's dynamic int8 Linear.
+The encoder's stack, when torch has an int8 kernel for its kind (lstm, gru), runs torch's
+dynamic int8 LSTM / GRU on a copy of its weights; other kinds keep their float kernel (the encoder
+runs once per sentence, not once per beam and step). For CPU translation only: training and
+gradients need the float weights.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+
+QUANTIZE_KINDS = ("none", "int8")
+
+
+def _int8_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> DynamicInt8Linear:
+    """An int8 dynamic Linear computing x W^T + b with these float weights."""
+    float_linear = nn.Linear(weight.size(1), weight.size(0), bias=bias is not None)
+    with torch.no_grad():
+        float_linear.weight.copy_(weight)
+        if bias is not None:
+            float_linear.bias.copy_(bias)
+    float_linear.qconfig = torch.ao.quantization.default_dynamic_qconfig
+    return DynamicInt8Linear.from_float(float_linear)
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """Quantize a Seq2Seq in place for CPU translation and return it (in eval mode)."""
+    if not torch.backends.quantized.supported_engines or torch.backends.quantized.engine == "none":
+        raise RuntimeError("this torch build has no quantized CPU engine; translate without --quantize")
+    model.eval()
+    encoder_stack = model.encoder.rnn
+    if encoder_stack.kind in ("lstm", "gru"):
+        float_kernel = encoder_stack.fused_module()
+        encoder_stack.int8_kernel = (
+            torch.ao.quantization.quantize_dynamic(float_kernel, {type(float_kernel)}, dtype=torch.qint8),
+        )
+    decoder = model.decoder
+    for cell in decoder.rnn.cells:
+        cell.int8 = (_int8_linear(cell.weight_ih, cell.bias_ih), _int8_linear(cell.weight_hh, cell.bias_hh))
+    # The fused whole-sequence path reads the float weights directly: decode step by step instead.
+    decoder.rnn.force_explicit = True
+    torch.ao.quantization.quantize_dynamic(
+        decoder, {nn.Linear: torch.ao.quantization.default_dynamic_qconfig}, dtype=torch.qint8, inplace=True
+    )
+    torch.ao.quantization.quantize_dynamic(
+        model.bridge, {nn.Linear: torch.ao.quantization.default_dynamic_qconfig}, dtype=torch.qint8, inplace=True
+    )
+    return model

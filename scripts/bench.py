@@ -1,0 +1,360 @@
+"""`make bench`: one run, one table — how fast this toolkit trains and translates the reference
+model on this machine, against the machine's own ceiling, an older revision and the peers.
+
+Rows (each measured in this run, never copied from an earlier one):
+- the machine: fp32 and bf16 matrix-product peaks (2048 x 2048, torch's threads);
+- training: target tokens/s of `model=reference` (2-layer biLSTM 256/dir encoder, 2-layer LSTM
+  512 decoder, Bahdanau attention, input feeding, joint SentencePiece 8k) over a steady window of
+  steps (the peers' protocol: logging intervals between two steps, start-up left out), with the
+  process's peak resident memory, in fp32 and bf16, and the share of the matmul peak reached;
+- translation (with `--run RUN`, a trained reference model): the whole `nmt-translate` command on
+  the 1,000 test2016 sentences, greedy and beam 5, fp32 / bf16 / int8, sentences/s and BLEU;
+- `--baseline REV`: the same training rows for a git revision (its own worktree), run alternately
+  with ours, so a change's speed-up is a ratio from one run;
+- `--peers`: ../shared/peers' JoeyNMT and OpenNMT-py throughput checks, in the same run.
+
+Writes BENCH_DIR/bench.md and bench.json (default runs/bench/<time>/). Run nothing else heavy
+meanwhile: the figures are wall-clock on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PEERS = ROOT.parent / "shared" / "peers"
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "multi30k"
+log = logging.getLogger("bench")
+
+# The reference model, spelled with keys every revision knows (model=reference is an alias).
+REFERENCE = [
+    "model=lstm_attention", "model.embed_dim=256", "model.encoder.hidden_size=256", "model.encoder.num_layers=2",
+    "model.encoder.bidirectional=true", "model.decoder.hidden_size=512", "model.decoder.num_layers=2",
+    "model.attention=bahdanau", "model.input_feeding=true", "model.dropout=0.3", "data.tokenizer.vocab_size=8000",
+]  # fmt: skip
+# Padded tokens (batch x longer side) that give about 2,000 real target tokens per batch, the
+# peers' batches (describe_model prints the real count).
+REFERENCE_BATCH_TOKENS = 2400
+LOG_LINE = re.compile(r"^\[(?P<time>[\d\-: ,]+)\]\[nmt\.train\]\[INFO\] - step (?P<step>\d+) .*?(?P<rate>[\d.]+) target tokens/s")
+
+
+@dataclass
+class TrainResult:
+    label: str
+    tokens_per_s: float
+    peak_rss_gib: float
+    steps: tuple[int, int]
+    real_tgt_tokens_per_batch: float | None = None
+    matmul_share: float | None = None  # of the peak of the precision used
+
+
+@dataclass
+class TranslateResult:
+    label: str
+    seconds: float
+    sentences_per_s: float
+    bleu: float | None
+    peak_rss_mib: float
+
+
+@dataclass
+class Bench:
+    machine: dict = field(default_factory=dict)
+    model: dict = field(default_factory=dict)
+    train: list[TrainResult] = field(default_factory=list)
+    translate: list[TranslateResult] = field(default_factory=list)
+    peers: dict = field(default_factory=dict)
+
+
+# --- the machine ---------------------------------------------------------------------------------
+def matmul_peaks(size: int = 2048, seconds: float = 3.0) -> dict[str, float]:
+    """GFLOP/s of one size x size product, fp32 and bf16, best of repeated timings. A dtype the
+    CPU only emulates (bf16 without AVX-512 BF16 / AMX) is measured at 512 (2048 would take
+    minutes); `*_size` says which size each figure is for."""
+    import torch
+
+    peaks: dict[str, float] = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        probe = torch.randn(512, 512, dtype=dtype)
+        started = time.perf_counter()
+        probe @ probe
+        n = size if time.perf_counter() - started < 0.05 else 512
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a @ b  # warm-up: thread pool and kernel selection
+        best, deadline = float("inf"), time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - started)
+        peaks[name] = 2 * n**3 / best / 1e9
+        peaks[f"{name}_size"] = n
+    return peaks
+
+
+# --- the model's cost ----------------------------------------------------------------------------
+def flops_per_target_token(src_per_tgt: float, src_len: float, vocab: int = 8000, embed: int = 256,
+                           enc_hidden: int = 256, enc_layers: int = 2, dec_hidden: int = 512, dec_layers: int = 2,
+                           training: bool = True) -> float:  # fmt: skip
+    """Matrix-product FLOPs (multiply + add = 2) per target token of the reference model;
+    training counts forward + backward as 3 forwards. `src_len`: mean source length (attention
+    reads every source position at every target step)."""
+    encoder = 0.0
+    size_in = embed
+    for _ in range(enc_layers):
+        encoder += 2 * (2 * (size_in + enc_hidden) * 4 * enc_hidden)  # two directions
+        size_in = 2 * enc_hidden
+    memory = 2 * enc_hidden
+    decoder = 2 * (embed + dec_hidden + dec_hidden) * 4 * dec_hidden  # [y; feed] and h
+    decoder += (dec_layers - 1) * 2 * (2 * dec_hidden) * 4 * dec_hidden
+    attention = 2 * dec_hidden * dec_hidden + src_len * 2 * (dec_hidden + memory)  # query, scores, context
+    keys = 2 * memory * dec_hidden  # per source token
+    combine = 2 * (dec_hidden + memory) * dec_hidden
+    output = 2 * dec_hidden * vocab
+    forward = (encoder + keys) * src_per_tgt + decoder + attention + combine + output
+    return forward * (3 if training else 1)
+
+
+def describe_model(data: str, batch_tokens: int) -> dict:
+    """Parameters, mean lengths, real target tokens per batch and FLOPs of the reference model
+    on this corpus (tokenizer trained here as the training runs train theirs)."""
+    import torch
+
+    from nmt.batching import BucketBatcher
+    from nmt.config import DataConfig, ModelConfig
+    from nmt.data import prepare_data
+    from nmt.model import build_model, count_parameters
+
+    tokenizer, corpus = prepare_data(DataConfig(source=data), None, num_threads=torch.get_num_threads())
+    src = [len(ids) + 1 for ids in corpus["train"]["src_ids"]]  # + eos
+    tgt = [len(ids) + 1 for ids in corpus["train"]["tgt_ids"]]
+    batches = BucketBatcher([n - 1 for n in src], [n - 1 for n in tgt], batch_tokens, seed=1234).epoch_batches(0)
+    real_per_batch = sum(tgt) / len(batches)
+    model = build_model(ModelConfig(), tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
+    src_len, src_per_tgt = sum(src) / len(src), sum(src) / sum(tgt)
+    vocab = tokenizer.tgt_vocab_size
+    return {
+        "parameters": count_parameters(model),
+        "mean_src_len": src_len,
+        "src_tokens_per_tgt_token": src_per_tgt,
+        "batch_tokens": batch_tokens,
+        "real_tgt_tokens_per_batch": real_per_batch,
+        "train_mflops_per_tgt_token": flops_per_target_token(src_per_tgt, src_len, vocab) / 1e6,
+        "translate_mflops_per_hyp_token": flops_per_target_token(0.0, src_len, vocab, training=False) / 1e6,
+    }
+
+
+# --- training --------------------------------------------------------------------------------------
+def run_training(tree: Path, label: str, overrides: list[str], window: tuple[int, int], data: str,
+                 python: str) -> TrainResult:  # fmt: skip
+    """Train in a subprocess until the window's last step is logged, then stop it. Tokens/s:
+    sum of (logged rate x interval) / sum of intervals, over the logging intervals inside the
+    window, timed by the log's own timestamps (as ../shared/peers/parse_logs.py does)."""
+    first, last = window
+    with tempfile.TemporaryDirectory(prefix="nmt-bench-") as run_dir:
+        command = [
+            python, "-c", "from nmt.train import main; main()", *REFERENCE, *overrides,
+            f"data.source={data}", f"train.max_steps={last + 1}", "train.max_epochs=0", "train.log_every=25",
+            "train.validate_every=0", "train.save_every=0", f"hydra.run.dir={run_dir}",
+        ]  # fmt: skip
+        env = {**os.environ, "PYTHONPATH": str(tree), "TQDM_DISABLE": "1"}
+        process = subprocess.Popen(command, cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        stamps: list[tuple[int, float, float]] = []
+        peak_kib = 0
+        assert process.stdout is not None
+        output = []
+        for line in process.stdout:
+            output.append(line)
+            peak_kib = max(peak_kib, _peak_rss_kib(process.pid))
+            match = LOG_LINE.match(line)
+            if not match:
+                continue
+            moment = datetime.datetime.strptime(match["time"], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            stamps.append((int(match["step"]), moment, float(match["rate"])))
+            if int(match["step"]) >= last:
+                break
+        peak_kib = max(peak_kib, _peak_rss_kib(process.pid))
+        process.kill()
+        process.wait()
+    inside = [(b, tb, rate) for (a, ta, _), (b, tb, rate) in zip(stamps, stamps[1:]) if a >= first and b <= last]
+    if not inside:
+        raise RuntimeError(f"{label}: no log lines in steps {first}-{last}; its output ends:\n{''.join(output[-20:])}")
+    intervals = [tb - ta for (a, ta, _), (b, tb, _) in zip(stamps, stamps[1:]) if a >= first and b <= last]
+    tokens = sum(rate * seconds for (_, _, rate), seconds in zip(inside, intervals))
+    return TrainResult(label, tokens / sum(intervals), peak_kib / 2**20, window)
+
+
+def _peak_rss_kib(pid: int) -> int:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    match = re.search(r"VmHWM:\s+(\d+) kB", status)
+    return int(match.group(1)) if match else 0
+
+
+# --- translation -----------------------------------------------------------------------------------
+def run_translation(run: Path, label: str, options: list[str], source: Path, reference: Path, python: str) -> TranslateResult:
+    """The whole `nmt-translate` command (start-up and model loading included), as the peers time theirs."""
+    with tempfile.TemporaryDirectory(prefix="nmt-bench-") as tmp:
+        output = Path(tmp) / "hyp"
+        command = [python, "-m", "nmt.translate", str(run), "-i", str(source), "-o", str(output), "--no-progress", *options]
+        started = time.perf_counter()
+        result = subprocess.run(["/usr/bin/time", "-f", "%M", *command], cwd=ROOT, capture_output=True, text=True)
+        seconds = time.perf_counter() - started
+        if result.returncode != 0:
+            raise RuntimeError(f"{label}: nmt-translate failed:\n{result.stderr[-2000:]}")
+        peak_kib = int(result.stderr.strip().splitlines()[-1])
+        hypotheses = output.read_text(encoding="utf-8").splitlines()
+    references = reference.read_text(encoding="utf-8").splitlines()
+    import sacrebleu
+
+    score = sacrebleu.corpus_bleu(hypotheses, [references]).score
+    return TranslateResult(label, seconds, len(hypotheses) / seconds, score, peak_kib / 1024)
+
+
+# --- peers ------------------------------------------------------------------------------------------
+def run_peers() -> dict[str, float]:
+    """../shared/peers' quick throughput checks (installs their venvs first when missing)."""
+    rates = {}
+    subprocess.run(["bash", str(PEERS / "setup.sh")], check=True, cwd=PEERS)
+    subprocess.run(["bash", str(PEERS / "prepare.sh")], check=True, cwd=PEERS)
+    for name in ("joey", "onmt"):
+        result = subprocess.run(["bash", str(PEERS / f"run_{name}.sh"), "throughput"], cwd=PEERS, capture_output=True, text=True)
+        match = re.search(rf"{name} train_tok_s=([\d.]+)", result.stdout + result.stderr)
+        if result.returncode != 0 or not match:
+            raise RuntimeError(f"peer {name} failed:\n{(result.stdout + result.stderr)[-2000:]}")
+        rates[name] = float(match.group(1))
+    return rates
+
+
+def worktree(revision: str) -> Path:
+    path = Path(tempfile.mkdtemp(prefix="nmt-baseline-")) / "tree"
+    subprocess.run(["git", "worktree", "add", "--detach", str(path), revision], cwd=ROOT, check=True, capture_output=True)
+    return path
+
+
+def supports_precision(tree: Path) -> bool:
+    return "precision" in (tree / "nmt" / "config.py").read_text()
+
+
+# --- report -----------------------------------------------------------------------------------------
+def markdown(bench: Bench) -> str:
+    m = bench.machine
+    lines = [
+        f"machine: {m['cores']} cores, {m['cpu_capability']}, native bf16: {m['native_bf16']}; torch {m['torch']}, "
+        f"{m['threads']} threads; matmul peak {m['peak_gflops']['fp32']:.0f} GFLOP/s fp32 "
+        f"({m['peak_gflops']['fp32_size']}^3), {m['peak_gflops']['bf16']:.1f} GFLOP/s bf16 ({m['peak_gflops']['bf16_size']}^3)",
+        f"reference model: {bench.model['parameters']:,} parameters; {bench.model['train_mflops_per_tgt_token']:.1f} "
+        f"MFLOP per target token to train, {bench.model['translate_mflops_per_hyp_token']:.1f} to translate; "
+        f"batches of {bench.model['real_tgt_tokens_per_batch']:,.0f} real target tokens (train.batch_tokens="
+        f"{bench.model['batch_tokens']})",
+        "",
+        "| training (reference model) | target tok/s | vs first row | peak RSS | share of matmul peak |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    base = bench.train[0].tokens_per_s if bench.train else 1.0
+    for row in bench.train:
+        share = f"{100 * row.matmul_share:.1f} %" if row.matmul_share is not None else ""
+        lines.append(f"| {row.label} | {row.tokens_per_s:,.0f} | {row.tokens_per_s / base:.2f} | {row.peak_rss_gib:.2f} GiB | {share} |")
+    for name, rate in bench.peers.items():
+        lines.append(f"| peer: {name} (steps 50-300) | {rate:,.0f} | {rate / base:.2f} | | |")
+    if bench.translate:
+        lines += ["", "| translate 1,000 test sentences (whole command) | seconds | sentences/s | BLEU | peak RSS |",
+                  "| --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
+        for row in bench.translate:
+            lines.append(f"| {row.label} | {row.seconds:.2f} | {row.sentences_per_s:.1f} | {row.bleu:.2f} | {row.peak_rss_mib:.0f} MiB |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=os.environ.get("NMT_DATA", str(DEFAULT_DATA / "hub")), help="Multi30k source")
+    parser.add_argument("--raw", default=str(DEFAULT_DATA / "raw"), help="directory with test_2016_flickr.{de,en}.gz")
+    parser.add_argument("--window", type=int, nargs=2, default=(50, 200), metavar=("FIRST", "LAST"))
+    parser.add_argument("--batch-tokens", type=int, default=None, help="train.batch_tokens (default: the preset's)")
+    parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"],
+                        help="default: fp32, and bf16 where the CPU has it natively")
+    parser.add_argument("--baseline", metavar="REV", help="also measure this git revision, alternating with ours")
+    parser.add_argument("--rounds", type=int, default=1, help="alternations of ours and the baseline")
+    parser.add_argument("--run", type=Path, help="a trained reference run: also time translation")
+    parser.add_argument("--translate", nargs="+", help="default: greedy, beam5, their int8 and (where native) bf16")
+    parser.add_argument("--peers", action="store_true", help="run ../shared/peers' throughput checks too")
+    parser.add_argument("--no-train", action="store_true", help="translation rows only")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / time.strftime("%Y-%m-%d_%H-%M-%S"))
+    args = parser.parse_args()
+
+    import torch
+
+    from nmt.precision import native_bf16
+
+    bf16 = native_bf16(torch.device("cpu"))
+    args.precisions = args.precisions or (["fp32", "bf16"] if bf16 else ["fp32"])
+    args.translate = args.translate or (
+        ["greedy", "beam5", "greedy-int8", "beam5-int8"] + (["greedy-bf16", "beam5-bf16"] if bf16 else [])
+    )
+    python = sys.executable
+    bench = Bench()
+    bench.machine = {"cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                     "cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": bf16,
+                     "peak_gflops": matmul_peaks()}  # fmt: skip
+    log.info("matmul peak: %s", bench.machine["peak_gflops"])
+    batch_tokens = args.batch_tokens or REFERENCE_BATCH_TOKENS
+    bench.model = describe_model(args.data, batch_tokens)
+    log.info("model: %s", bench.model)
+    extra = [f"train.batch_tokens={batch_tokens}"]
+    trees = [("ours", ROOT)]
+    if args.baseline:
+        trees.append((f"baseline {args.baseline}", worktree(args.baseline)))
+    if not args.no_train:
+        for _ in range(args.rounds):
+            for name, tree in trees:
+                for precision in args.precisions:
+                    if precision != "fp32" and not supports_precision(tree):
+                        continue
+                    overrides = extra + ([f"train.precision={precision}"] if supports_precision(tree) else [])
+                    result = run_training(tree, f"{name}, {precision}", overrides, tuple(args.window), args.data, python)
+                    peak = bench.machine["peak_gflops"][precision] * 1e9
+                    result.matmul_share = result.tokens_per_s * bench.model["train_mflops_per_tgt_token"] * 1e6 / peak
+                    log.info("%s", result)
+                    bench.train.append(result)
+    if args.peers:
+        bench.peers = run_peers()
+    if args.run:
+        with tempfile.TemporaryDirectory() as tmp:
+            source, reference = Path(tmp) / "test.de", Path(tmp) / "test.en"
+            for path, lang in ((source, "de"), (reference, "en")):
+                import gzip
+
+                path.write_bytes(gzip.decompress((Path(args.raw) / f"test_2016_flickr.{lang}.gz").read_bytes()))
+            settings = {
+                "greedy": ["--beam", "1"], "beam5": ["--beam", "5"],
+                "greedy-bf16": ["--beam", "1", "--precision", "bf16"], "beam5-bf16": ["--beam", "5", "--precision", "bf16"],
+                "greedy-int8": ["--beam", "1", "--quantize", "int8"], "beam5-int8": ["--beam", "5", "--quantize", "int8"],
+            }  # fmt: skip
+            for name in args.translate:
+                result = run_translation(args.run, name, settings[name], source, reference, python)
+                log.info("%s", result)
+                bench.translate.append(result)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.json").write_text(json.dumps(asdict(bench), indent=2) + "\n")
+    table = markdown(bench)
+    (args.out / "bench.md").write_text(table)
+    sys.stdout.write(table)
+    log.info("wrote %s/bench.{md,json}", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
