@@ -143,12 +143,7 @@ class Decoder(nn.Module):
             hidden = state.hidden
             c = None if hidden.c is None else list(hidden.c.unbind(0))
             attentional, h, c, weights = self._feeding_step(projected, list(hidden.h.unbind(0)), c, state)
-            state = replace(
-                state,
-                hidden=RecurrentState(torch.stack(h), None if c is None else torch.stack(c)),
-                attentional=attentional,
-                attention_weights=weights,
-            )
+            state = _after_step(state, h, c, attentional, weights)
         else:
             embedded = self.dropout(self.embed(prev_tokens.unsqueeze(1)))  # (batch, 1, embed_dim)
             attentional, state, _ = self._run(embedded, state)
@@ -178,13 +173,7 @@ class Decoder(nn.Module):
             step_projected = step_projected + torch.nn.functional.linear(attentional, feed_weight)
             attentional, h, c, weights = self._feeding_step(step_projected, h, c, state)
             outputs.append(attentional)
-        final = replace(
-            state,
-            hidden=RecurrentState(torch.stack(h), None if c is None else torch.stack(c)),
-            attentional=attentional,
-            attention_weights=weights,
-        )
-        return torch.stack(outputs, dim=1), final, []  # (batch, tgt_len, attentional_size)
+        return torch.stack(outputs, dim=1), _after_step(state, h, c, attentional, weights), []  # (batch, tgt_len, attentional_size)
 
     def _feeding_step(self, projected: torch.Tensor, h: list[torch.Tensor], c: list[torch.Tensor] | None, state):
         """projected: the first layer's input projection (batch, blocks * hidden); h, c: each
@@ -237,3 +226,10 @@ class Decoder(nn.Module):
             attention_weights=None if weights is None else weights[:, -1],
         )
         return attentional, new_state, out.gates
+
+
+def _after_step(state: DecoderState, h: list[torch.Tensor], c: list[torch.Tensor] | None,
+                attentional: torch.Tensor, weights: torch.Tensor) -> DecoderState:  # fmt: skip
+    """The state after an input-feeding step, from per-layer lists of (batch, hidden) states."""
+    hidden = RecurrentState(torch.stack(h), None if c is None else torch.stack(c))
+    return replace(state, hidden=hidden, attentional=attentional, attention_weights=weights)
