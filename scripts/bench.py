@@ -347,6 +347,8 @@ def main() -> int:
                 result = run_translation(args.run, name, settings[name], source, reference, python)
                 log.info("%s", result)
                 bench.translate.append(result)
+    if args.baseline:  # the baseline's worktree is the bench's own: remove it
+        subprocess.run(["git", "worktree", "remove", "--force", str(trees[1][1])], cwd=ROOT, capture_output=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(asdict(bench), indent=2) + "\n")
     table = markdown(bench)
