@@ -167,9 +167,9 @@ class Decoder(nn.Module):
         h = list(state.hidden.h.unbind(0))
         c = None if state.hidden.c is None else list(state.hidden.c.unbind(0))
         attentional = state.attentional
+        assert attentional is not None  # input feeding starts from zeros (init_state)
         outputs = []
         for step_projected in projected:
-            assert attentional is not None
             step_projected = step_projected + torch.nn.functional.linear(attentional, feed_weight)
             attentional, h, c, weights = self._feeding_step(step_projected, h, c, state)
             outputs.append(attentional)

@@ -22,6 +22,8 @@ from pathlib import Path
 
 from sacrebleu.metrics import BLEU, CHRF, TER
 
+from nmt.config import PRECISIONS
+from nmt.quantize import QUANTIZE_KINDS
 from nmt.search import LENGTH_PENALTIES, SearchOptions
 
 log = logging.getLogger(__name__)
@@ -168,9 +170,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-len-b", type=int, default=10)
     parser.add_argument("--batch-tokens", type=int, default=4000)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
                         help="bf16: autocast products; auto: bf16 where native")
-    parser.add_argument("--quantize", default="none", choices=("none", "int8"), help="int8: dynamic int8 decoder")
+    parser.add_argument("--quantize", default="none", choices=QUANTIZE_KINDS,
+                        help="int8: dynamic int8 LSTM and linear layers (CPU)")
     args = parser.parse_args(argv)
     ways = sum([args.split is not None, args.src is not None, args.hyp is not None, args.testset is not None])
     if ways != 1:

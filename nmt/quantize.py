@@ -44,8 +44,6 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     decoder = model.decoder
     for cell in decoder.rnn.cells:
         cell.int8 = (_int8_linear(cell.weight_ih, cell.bias_ih), _int8_linear(cell.weight_hh, cell.bias_hh))
-    # The fused whole-sequence path reads the float weights directly: decode step by step instead.
-    decoder.rnn.force_explicit = True
     torch.ao.quantization.quantize_dynamic(
         decoder, {nn.Linear: torch.ao.quantization.default_dynamic_qconfig}, dtype=torch.qint8, inplace=True
     )

@@ -55,8 +55,6 @@ class RecurrentStack(nn.Module):
             for _ in range(self.num_directions)
         )
         self.has_cell_state = self.cells[0].has_cell_state
-        # Set when the cells' weights are replaced by twins the fused kernel cannot read (int8).
-        self.force_explicit = False
         # Set by nmt.quantize: torch's int8 LSTM / GRU module holding these weights, run instead
         # of the float kernel (in a tuple, so its packed weights stay out of the state dict).
         self.int8_kernel: tuple[nn.Module] | None = None
@@ -91,7 +89,9 @@ class RecurrentStack(nn.Module):
         if initial is None:
             zeros = x.new_zeros(self.num_layers * self.num_directions, batch_size, self.hidden_size)
             initial = (zeros, zeros if self.has_cell_state else None)
-        if self._fused is not None and not (record or explicit or self.force_explicit):
+        # int8 twins of the cells' weights (nmt.quantize) are invisible to the fused kernel.
+        quantized = self.cells[0].int8 is not None
+        if self._fused is not None and not (record or explicit or quantized):
             return self._forward_fused(x, lengths, initial)
         return self._forward_cells(x, lengths, initial, record)
 

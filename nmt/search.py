@@ -1,10 +1,10 @@
 """Greedy and beam search over the decoding protocol of DESIGN.md.
 
 Only `model.encode`, `model.init_decoder`, `model.decoder.step` and `DecoderState.reorder` are
-used (beam search tells `reorder` when rows only move among a sentence's own beams, so the
-encoder memory is not copied at every step), so every cell and attention kind decodes with this code. Both searches run a whole batch of
-sentences at once (one `step` call per time step) and drop sentences from the batch as they
-finish.
+used, so every cell and attention kind decodes with this code (beam search tells `reorder` when
+rows only move among a sentence's own beams, so the encoder memory is not copied at every step).
+Both searches run a whole batch of sentences at once (one `step` call per time step) and drop
+sentences from the batch as they finish.
 """
 
 from __future__ import annotations
