@@ -4,7 +4,8 @@
 
 translates the sentence (greedy), replays the encoder and the decoder over it with the explicit
 cells, and writes, per layer (and direction), a PNG with one heatmap per gate (time x units,
-the pieces on the time axis) and the cell-state norm per step (the hidden state's for gru and rnn), plus `gates.json` with the numbers.
+the pieces on the time axis) and the cell-state norm per step (the hidden state's for gru and
+rnn), plus `gates.json` with the numbers.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ def inspect_sentence(model, tokenizer: Tokenizer, sentence: str, device: torch.d
     model.train(was_training)
     src_pieces = [*tokenizer.src_id_pieces(src_ids), "</s>"]
     # Decoder step t reads the previous piece and predicts the next one: label it by its input.
-    tgt_pieces = ["<s>", *tokenizer.tgt_pieces(hypothesis.tokens)]
+    # Every step gets a label, even where the hypothesis holds special ids (an untrained model).
+    tgt_pieces = ["<s>", *tokenizer.tgt_id_pieces(hypothesis.tokens)]
     directions = model.encoder.rnn.num_directions
     layers = [_layer("encoder", index, directions, src_pieces, gates) for index, gates in enumerate(encoded.gates)]
     layers += [_layer("decoder", index, 1, tgt_pieces, gates) for index, gates in enumerate(decoder_gates)]

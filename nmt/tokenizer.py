@@ -6,7 +6,7 @@ part of the toolkit agrees on them: pad 0, unk 1, bos 2, eos 3.
 With a joint model, about half of the pieces never occur on the target side (German pieces, for
 de-en), yet the output layer and softmax would pay for every one of them at every target token.
 `restrict_output` gives the target side its own dense ids over the pieces its training text uses
-(specials keep 0-3), so the output layer covers only those: on Multi30k de-en 8,000 -> ~4,200.
+(specials keep 0-3), so the output layer covers only those: on Multi30k de-en 8,000 -> 3,963.
 """
 
 from __future__ import annotations
@@ -157,6 +157,10 @@ class Tokenizer:
 
     def src_id_pieces(self, ids: Sequence[int]) -> list[str]:
         return [self.src.id_to_piece(int(i)) for i in ids]
+
+    def tgt_id_pieces(self, ids: Sequence[int]) -> list[str]:
+        """One piece per target id, specials included (labels for per-step plots)."""
+        return [self.tgt.id_to_piece(i) for i in self._to_pieces([int(i) for i in ids])]
 
     def tgt_pieces(self, ids: Sequence[int]) -> list[str]:
         return [self.tgt.id_to_piece(i) for i in self._to_pieces(_strip_specials(ids))]

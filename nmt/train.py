@@ -302,7 +302,7 @@ class Trainer:
             if best.attention is None:
                 continue
             src_pieces = [*self.tokenizer.src_id_pieces(self.valid_src[i]), "</s>"]
-            tgt_pieces = [*self.tokenizer.tgt_pieces(best.tokens), "</s>"]
+            tgt_pieces = [*self.tokenizer.tgt_id_pieces(best.tokens), "</s>"]
             self.writer.add_figure(f"attention/valid_{i}", attention_figure(best.attention, src_pieces, tgt_pieces), step)
 
 

@@ -209,7 +209,7 @@ def _write_attention(translator: Translator, translation: Translation, number: i
         return
     best = translation.hypotheses[0]
     src_pieces = [*translator.tokenizer.src_pieces(translation.source.strip()), "</s>"]
-    tgt_pieces = [*translator.tokenizer.tgt_pieces(best.tokens), "</s>"]
+    tgt_pieces = [*translator.tokenizer.tgt_id_pieces(best.tokens), "</s>"]
     save_attention_heatmap(best.attention, src_pieces, tgt_pieces, directory / f"{number:06d}.png")
 
 

@@ -44,7 +44,8 @@ def test_translate_gates_option_and_errors(trained_run, tmp_path):
 
 
 @pytest.mark.parametrize("cell", ["gru", "rnn"])
-def test_cells_without_a_cell_state_are_inspected_and_plotted(cell, tmp_path):
+@pytest.mark.parametrize("seed", [0, 22])  # seed 22: the untrained decoder emits pad/bos ids
+def test_cells_without_a_cell_state_are_inspected_and_plotted(cell, seed, tmp_path):
     """rnn has no gates at all: its plot shows the hidden state's norm (a gateless layer once
     crashed the first validation of a `model.*.cell=rnn` run)."""
     import torch
@@ -57,6 +58,7 @@ def test_cells_without_a_cell_state_are_inspected_and_plotted(cell, tmp_path):
     tokenizer = Tokenizer.train([de for de, _ in PAIRS], [en for _, en in PAIRS], vocab_size=60)
     config = ModelConfig(embed_dim=8, encoder=EncoderConfig(hidden_size=6, num_layers=1, cell=cell),
                          decoder=DecoderConfig(hidden_size=8, num_layers=1, cell=cell))  # fmt: skip
+    torch.manual_seed(seed)
     model = build_model(config, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
     translation, layers = inspect_sentence(model, tokenizer, PAIRS[0][0], torch.device("cpu"))
     paths = write_inspection(translation, layers, PAIRS[0][0], tmp_path)
