@@ -24,7 +24,7 @@ from sacrebleu.metrics import BLEU, CHRF, TER
 
 from nmt.config import PRECISIONS
 from nmt.quantize import QUANTIZE_KINDS
-from nmt.search import LENGTH_PENALTIES, SearchOptions
+from nmt.search import LENGTH_PENALTIES, STOPPING_RULES, SearchOptions
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def evaluate_model(run_or_checkpoint: str, sources: list[str], references: list[
 
     checkpoint = resolve_checkpoint(run_or_checkpoint)
     options = SearchOptions(beam_size=args.beam, length_penalty=args.length_penalty, alpha=args.alpha,
-                            max_len_a=args.max_len_a, max_len_b=args.max_len_b)  # fmt: skip
+                            stopping=args.stopping, max_len_a=args.max_len_a, max_len_b=args.max_len_b)  # fmt: skip
     translator = Translator.from_checkpoint(
         checkpoint, args.device, options, args.batch_tokens, args.precision, args.quantize
     )
@@ -166,6 +166,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--beam", type=int, default=5)
     parser.add_argument("--length-penalty", default=SearchOptions.length_penalty, choices=LENGTH_PENALTIES)
     parser.add_argument("--alpha", type=float, default=0.6)
+    parser.add_argument("--stopping", default=SearchOptions.stopping, choices=STOPPING_RULES)
     parser.add_argument("--max-len-a", type=float, default=1.5)
     parser.add_argument("--max-len-b", type=int, default=10)
     parser.add_argument("--batch-tokens", type=int, default=4000)

@@ -18,6 +18,7 @@ from nmt.tokenizer import BOS_ID, EOS_ID
 
 HARD_MAX_LEN = 512  # no output is longer, whatever a and b say
 LENGTH_PENALTIES = ("none", "average", "gnmt")
+STOPPING_RULES = ("early", "exact")
 
 
 @dataclass
@@ -33,6 +34,15 @@ class SearchOptions:
     # 0.8 BLEU over greedy, and with `none` 0.2 below it (README). Greedy (beam 1) ignores it.
     length_penalty: str = "average"
     alpha: float = 0.6
+    # When a sentence stops. "early": once its nbest-th finished hypothesis scores at least as well
+    # as every live beam would if that beam ended at the next step (fairseq's and Hugging Face's
+    # rule). "exact": only once no live beam could still win at any length up to the limit. With
+    # the length penalty a finished hypothesis cannot know that a longer one will not overtake it,
+    # so "exact" searches on to the limit and finds over-long outputs that the penalty favours:
+    # on Multi30k de-en validation (25-minute reference model, beam 5, average) "early" scored
+    # 34.90 BLEU against 34.18 and decoded 1.5x faster (README, "Speed"). Without a length
+    # penalty the two rules are the same.
+    stopping: str = "early"
     return_attention: bool = False
 
     def __post_init__(self) -> None:
@@ -42,6 +52,8 @@ class SearchOptions:
             raise ValueError(f"nbest must be between 1 and the beam size ({self.beam_size}), got {self.nbest}")
         if self.length_penalty not in LENGTH_PENALTIES:
             raise ValueError(f"length penalty must be one of {', '.join(LENGTH_PENALTIES)}, got {self.length_penalty!r}")
+        if self.stopping not in STOPPING_RULES:
+            raise ValueError(f"stopping must be one of {', '.join(STOPPING_RULES)}, got {self.stopping!r}")
 
 
 @dataclass
@@ -205,13 +217,15 @@ class _Beams:
         """Drop the sentences that are done; False when none is left.
 
         A sentence is done at its length limit, or once its nbest-th finished hypothesis scores
-        at least as well as any live beam could still score after the length penalty.
+        at least as well as the best live beam could (options.stopping): at the next step
+        ("early"), or at any length up to the limit ("exact": a live beam's log-prob only falls,
+        but the penalty's divisor grows with length, so the limit's divisor bounds it).
         """
         options, k = self.options, self.options.beam_size
         limits = self.max_lens[self.live]
-        # A live beam's log-prob only falls; its penalty grows with length, up to the limit's.
+        lengths = limits if options.stopping == "exact" else torch.full_like(limits, t + 2).clamp(max=limits)
         best_possible = self.scores[:, 0] / torch.as_tensor(
-            length_penalty(limits.float(), options.length_penalty, options.alpha), device=limits.device
+            length_penalty(lengths.float(), options.length_penalty, options.alpha), device=limits.device
         )
         done = (limits <= t + 1) | (self.nbest_score[self.live] >= best_possible)
         if bool(done.all()):

@@ -26,7 +26,7 @@ from nmt.config import PRECISIONS, Config
 from nmt.model import Seq2Seq, build_model
 from nmt.precision import autocast, resolve_precision
 from nmt.quantize import QUANTIZE_KINDS, quantize_int8
-from nmt.search import LENGTH_PENALTIES, Hypothesis, SearchOptions, search
+from nmt.search import LENGTH_PENALTIES, STOPPING_RULES, Hypothesis, SearchOptions, search
 from nmt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -175,6 +175,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--length-penalty", default=SearchOptions.length_penalty, choices=LENGTH_PENALTIES,
                         help="rank by log-prob (none), log-prob / length (average), or GNMT's penalty")
     parser.add_argument("--alpha", type=float, default=0.6, help="alpha of the gnmt length penalty")
+    parser.add_argument("--stopping", default=SearchOptions.stopping, choices=STOPPING_RULES,
+                        help="beam search: stop a sentence once no live beam beats its best finished one at the "
+                             "next step (early) or at any length up to the limit (exact)")
     parser.add_argument("--min-len", type=int, default=0, help="no eos before this many pieces")
     parser.add_argument("--max-len-a", type=float, default=1.5, help="output length limit: a * src_len + b pieces")
     parser.add_argument("--max-len-b", type=int, default=10)
@@ -234,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         options = SearchOptions(
             beam_size=args.beam, nbest=args.nbest, max_len_a=args.max_len_a, max_len_b=args.max_len_b,
-            min_len=args.min_len, length_penalty=args.length_penalty, alpha=args.alpha,
+            min_len=args.min_len, length_penalty=args.length_penalty, alpha=args.alpha, stopping=args.stopping,
             return_attention=args.attention is not None,
         )  # fmt: skip
         translator = Translator.from_checkpoint(

@@ -95,17 +95,40 @@ def test_beam_finds_the_best_sequence_that_greedy_misses():
 @pytest.mark.parametrize("penalty", ["none", "average", "gnmt"])
 @pytest.mark.parametrize("seed", range(6))
 def test_a_wide_beam_is_exhaustive_on_random_tables(penalty, seed):
+    """With the exact stopping rule a beam that holds every candidate finds the optimum."""
     generator = torch.Generator().manual_seed(seed)
     table = torch.full((7, 7), NEVER)
     table[:, [A, B, C, EOS_ID]] = torch.log_softmax(torch.randn(7, 4, generator=generator) * 2, dim=-1)
     # 40 beams hold every candidate of every step (at most 9 * 4 real ones): the search is exhaustive.
-    options = SearchOptions(beam_size=40, nbest=3, max_len_a=0.0, max_len_b=4, length_penalty=penalty)
+    options = SearchOptions(beam_size=40, nbest=3, max_len_a=0.0, max_len_b=4, length_penalty=penalty,
+                            stopping="exact")
     hypotheses = run(ToyModel(table), options, batch=3)
     best_score, best_tokens = exhaustive_best(table, 4, penalty)
     for nbest in hypotheses:
         assert nbest[0].tokens == best_tokens
         assert nbest[0].score == pytest.approx(best_score, abs=1e-5)
         assert [h.score for h in nbest] == sorted((h.score for h in nbest), reverse=True)
+
+
+def test_early_stopping_keeps_a_finished_hypothesis_that_only_a_longer_one_beats_under_the_penalty():
+    """The empty output (p 0.7) against A B C (p 0.3 * 0.99^3): by log-prob / length, A B C wins
+    (-0.308 > -0.357), but after one step A alone averages -0.60 even if it ended next.
+    "early" stops with the empty output; "exact" searches on and finds the optimum."""
+    table = table_from({
+        BOS_ID: {EOS_ID: 0.7, A: 0.3},
+        A: {B: 0.99, EOS_ID: 0.01},
+        B: {C: 0.99, EOS_ID: 0.01},
+        C: {EOS_ID: 0.99, C: 0.01},
+    })  # fmt: skip
+    options = dict(beam_size=2, max_len_a=0.0, max_len_b=5, length_penalty="average")
+    early = run(ToyModel(table), SearchOptions(stopping="early", **options))[0][0]
+    exact = run(ToyModel(table), SearchOptions(stopping="exact", **options))[0][0]
+    best_score, best_tokens = exhaustive_best(table, 5, "average")
+    assert early.tokens == [] and early.score == pytest.approx(math.log(0.7))
+    assert exact.tokens == best_tokens == [A, B, C]
+    assert exact.score == pytest.approx(best_score)
+    with pytest.raises(ValueError, match="stopping"):
+        SearchOptions(stopping="never")
 
 
 def test_min_and_max_length_are_respected():
