@@ -159,6 +159,9 @@ class TrainConfig:
     lr: float = 0.001
     clip_norm: float = 1.0  # 0 disables clipping
     label_smoothing: float = 0.1
+    # Exponential moving average of the weights (nmt/averaging.py); 0 turns it off. With it on,
+    # validation, best.pt and translation use the averaged weights (last.pt keeps both).
+    average_decay: float = 0.0
     # Learning-rate decay when validation loss stops improving.
     lr_decay_factor: float = 0.5
     lr_patience: int = 2
@@ -196,6 +199,10 @@ class TrainConfig:
         _check(
             0.0 < self.lr_decay_factor <= 1.0,
             f"train.lr_decay_factor={self.lr_decay_factor} must be in (0, 1]",
+        )
+        _check(
+            0.0 <= self.average_decay < 1.0,
+            f"train.average_decay={self.average_decay} must be in [0, 1) (0 turns averaging off)",
         )
         _check_positive("train.valid_beam", self.valid_beam)
         for key in ("lr_patience", "max_epochs", "max_steps", "validate_every", "save_every", "patience",

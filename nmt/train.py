@@ -11,6 +11,7 @@ import logging
 import math
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from nmt.averaging import WeightAverage
 from nmt.batching import BucketBatcher, collate, token_budget_batches
 from nmt.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
 from nmt.config import Config, TrainConfig
@@ -85,6 +87,8 @@ class Trainer:
         self.model: Seq2Seq = build_model(config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
         self.model.to(device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.train_config.lr)
+        decay = self.train_config.average_decay
+        self.average = WeightAverage(self.model, decay) if decay else None
         # lr_decay_factor 1.0 means a constant rate (torch's plateau scheduler refuses factor 1).
         self.scheduler = None
         if self.train_config.lr_decay_factor < 1.0:
@@ -121,13 +125,16 @@ class Trainer:
 
     # --- checkpoints -------------------------------------------------------------------------
     def _payload(self, full: bool) -> dict:
+        # "model" is what translation uses: the averaged weights when averaging is on.
         payload = {
             "config": self.config.to_dict(),
             "tokenizer": self.tokenizer.state(),
-            "model": self.model.state_dict(),
+            "model": self.model.state_dict() if self.average is None else self.average.state_dict(self.model),
             "progress": asdict(self.progress),
         }
         if full:
+            if self.average is not None:
+                payload["trained_model"] = self.model.state_dict()  # where the optimizer goes on from
             payload["optimizer"] = self.optimizer.state_dict()
             payload["scheduler"] = None if self.scheduler is None else self.scheduler.state_dict()
             payload["rng"] = {"torch": torch.get_rng_state()}
@@ -142,7 +149,10 @@ class Trainer:
 
     def restore(self, payload: dict) -> None:
         """Continue from a `last.pt` payload: weights, optimizer, scheduler, RNG, data position."""
-        self.model.load_state_dict(payload["model"])
+        self.model.load_state_dict(payload.get("trained_model", payload["model"]))
+        if self.average is not None:
+            # A run that was not averaging starts its average from the weights it resumes with.
+            self.average.load(payload["model"], updates=payload["progress"]["step"])
         self.optimizer.load_state_dict(payload["optimizer"])
         if self.scheduler is not None and payload.get("scheduler") is not None:
             self.scheduler.load_state_dict(payload["scheduler"])
@@ -225,6 +235,8 @@ class Trainer:
         if self.train_config.clip_norm:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train_config.clip_norm)
         self.optimizer.step()
+        if self.average is not None:
+            self.average.update(self.model)
         return loss_sum.item(), tokens
 
     def _log_train(self, bar: tqdm) -> None:
@@ -261,8 +273,13 @@ class Trainer:
         loss = nll_total / max(tokens, 1)
         return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "bleu": score.score, "signature": score.signature}
 
+    def _averaged(self):
+        """Inside this block the model holds the weights that validation and best.pt judge."""
+        return self.average.applied(self.model) if self.average is not None else nullcontext()
+
     def _validate_and_save(self) -> None:
-        result = self.validate()
+        with self._averaged():
+            result = self.validate()
         step = self.validated_step = self.progress.step
         minutes = self.progress.train_seconds / 60
         for name in ("loss", "ppl", "bleu"):
@@ -278,8 +295,9 @@ class Trainer:
         else:
             self.progress.validations_since_best += 1
         self.save(best=improved)
-        self._plot_attention(step)
-        self._plot_gates(step)
+        with self._averaged():
+            self._plot_attention(step)
+            self._plot_gates(step)
         self.meter.reset()  # validation time is not training time
         log.info(
             "validation at step %d (%.1f min): loss %.3f, ppl %.2f, BLEU %.2f%s (%s)",

@@ -185,3 +185,44 @@ def test_unreachable_hub_names_the_override(tmp_path):
     assert process.returncode != 0
     assert "data.source=PATH" in output and "NMT_DATA" in output
     assert "Traceback" not in output
+
+
+def test_weight_averaging_saves_the_average_for_translation_and_resumes_exactly(text_corpus, tmp_path):
+    """train.average_decay: best.pt and last.pt's "model" hold the moving average (what
+    nmt-translate loads), last.pt also the trained weights, and a resumed run continues both."""
+    straight = tmp_path / "straight"
+    run_training(tiny_config(text_corpus, max_steps=12, average_decay=0.9), straight)
+    last = load_checkpoint(straight / "checkpoints" / "last.pt")
+    averaged, trained = last["model"], last["trained_model"]
+    differs = [name for name in trained if not torch.equal(averaged[name], trained[name])]
+    assert differs, "the average equals the trained weights: it was never applied"
+    best = load_checkpoint(straight / "checkpoints" / "best.pt")
+    assert "trained_model" not in best and set(best["model"]) == set(trained)
+
+    interrupted = tmp_path / "interrupted"
+    run_training(tiny_config(text_corpus, max_steps=6, average_decay=0.9), interrupted)
+    run_training(tiny_config(text_corpus, max_steps=12, average_decay=0.9, resume=str(interrupted)), interrupted)
+    resumed = load_checkpoint(interrupted / "checkpoints" / "last.pt")
+    for key in ("model", "trained_model"):
+        for name, weight in last[key].items():
+            torch.testing.assert_close(weight, resumed[key][name], msg=f"{key}.{name}")
+
+
+def test_the_average_follows_its_formula():
+    from nmt.averaging import WeightAverage
+
+    model = torch.nn.Linear(3, 2)
+    start = [p.detach().clone() for p in model.parameters()]
+    average = WeightAverage(model, decay=0.5)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    average.update(model)  # decay min(0.5, 1/10) = 0.1: average = 0.1 * start + 0.9 * (start + 1)
+    for avg, s in zip(average.averages, start):
+        torch.testing.assert_close(avg, s + 0.9)
+    trained = [p.detach().clone() for p in model.parameters()]
+    with average.applied(model):
+        for p, s in zip(model.parameters(), start):
+            torch.testing.assert_close(p.detach(), s + 0.9)
+    for p, t in zip(model.parameters(), trained):
+        assert torch.equal(p.detach(), t)
