@@ -2,7 +2,9 @@
 
 A checkpoint is a plain dict of tensors, numbers, strings and bytes:
 `format`, `config` (the resolved Config as a dict), `tokenizer` (SentencePiece model bytes),
-`model` (state dict) and, for resuming, `optimizer`, `scheduler`, `rng`, `progress`.
+`model` (state dict: the weights to translate with) and, for resuming, `optimizer`, `scheduler`,
+`rng`, `progress`, and with `train.average_decay` `trained_model` (the optimizer's weights, while
+`model` holds their moving average).
 """
 
 from __future__ import annotations
