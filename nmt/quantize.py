@@ -44,10 +44,8 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     decoder = model.decoder
     for cell in decoder.rnn.cells:
         cell.int8 = (_int8_linear(cell.weight_ih, cell.bias_ih), _int8_linear(cell.weight_hh, cell.bias_hh))
-    torch.ao.quantization.quantize_dynamic(
-        decoder, {nn.Linear: torch.ao.quantization.default_dynamic_qconfig}, dtype=torch.qint8, inplace=True
-    )
-    torch.ao.quantization.quantize_dynamic(
-        model.bridge, {nn.Linear: torch.ao.quantization.default_dynamic_qconfig}, dtype=torch.qint8, inplace=True
-    )
+    for module in (decoder, model.bridge):
+        torch.ao.quantization.quantize_dynamic(
+            module, {nn.Linear: torch.ao.quantization.default_dynamic_qconfig}, dtype=torch.qint8, inplace=True
+        )
     return model

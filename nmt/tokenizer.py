@@ -163,7 +163,7 @@ class Tokenizer:
         return [self.tgt.id_to_piece(i) for i in self._to_pieces([int(i) for i in ids])]
 
     def tgt_pieces(self, ids: Sequence[int]) -> list[str]:
-        return [self.tgt.id_to_piece(i) for i in self._to_pieces(_strip_specials(ids))]
+        return self.tgt_id_pieces(_strip_specials(ids))
 
 
 def _strip_specials(ids: Sequence[int]) -> list[int]:

@@ -77,7 +77,7 @@ class Translator:
         cls, run_or_checkpoint: str | Path, device: str = "auto", options: SearchOptions | None = None,
         batch_tokens: int = 4000, precision: str = "fp32", quantize: str = "none",
     ) -> "Translator":  # fmt: skip
-        """`quantize="int8"`: dynamic int8 quantization of the decoder (CPU only, nmt/quantize.py)."""
+        """`quantize="int8"`: dynamic int8 quantization for CPU translation (nmt/quantize.py)."""
         if quantize not in QUANTIZE_KINDS:
             raise ValueError(f"quantize {quantize!r} is not valid; choose one of: {', '.join(QUANTIZE_KINDS)}")
         model, tokenizer, _ = load_model(run_or_checkpoint, device)
@@ -185,7 +185,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
                         help="bf16: matrix products in bfloat16 (autocast); fast on CPUs with AVX-512 BF16 / AMX")
     parser.add_argument("--quantize", default="none", choices=QUANTIZE_KINDS,
-                        help="int8: dynamic int8 quantization of the decoder's LSTM and linear layers (CPU)")
+                        help="int8: dynamic int8 quantization of the encoder LSTM, the decoder's cells and every linear layer (CPU)")
     parser.add_argument("--attention", metavar="DIR", type=Path,
                         help="write each sentence's attention as DIR/<line>.png (source x target pieces)")
     parser.add_argument("--gates", metavar="DIR", type=Path,
