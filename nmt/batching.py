@@ -1,7 +1,12 @@
-"""Length-bucketed batches under a token budget, and collation into padded tensors.
+"""Training batches under a token budget, and collation into padded tensors.
 
-Sentences of similar length go together, so little of each batch is padding; the batch order is
-shuffled per epoch from the seed, so an epoch's batches can be rebuilt exactly on resume.
+Two batchers, both reproducible from (seed, epoch) alone, so an epoch's batches can be rebuilt
+exactly on resume:
+- `BucketBatcher` ("length"): pairs of equal target length together, batches in random order;
+  almost no padding, but each update sees a single length;
+- `RandomBatcher` ("random"): pairs in random order, as they come; every update sees the corpus'
+  mix of lengths. Training's decoder drops each sentence as it ends (`Decoder.forward_packed`),
+  so the target padding this brings costs little.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torch.nn.utils.rnn import pack_padded_sequence
 
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
@@ -65,6 +71,10 @@ def collate_src(src_ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.T
 
 
 def collate(src_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Sequence[int]]) -> Batch:
+    """Pairs -> a padded batch, rows ordered longest target first (ties keep their order), so
+    the decoder can drop each sentence as it ends (`Decoder.forward_packed`)."""
+    order = sorted(range(len(tgt_ids)), key=lambda i: -len(tgt_ids[i]))
+    src_ids, tgt_ids = [src_ids[i] for i in order], [tgt_ids[i] for i in order]
     src, src_lengths = collate_src(src_ids)
     return Batch(
         src=src,
@@ -73,6 +83,12 @@ def collate(src_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Sequence[int]]) 
         tgt_out=pad([[*t, EOS_ID] for t in tgt_ids]),
         tgt_lengths=torch.tensor([len(t) + 1 for t in tgt_ids], dtype=torch.long),
     )
+
+
+def pack_targets(tgt_out: torch.Tensor, tgt_lengths: torch.Tensor) -> torch.Tensor:
+    """tgt_out (batch, tgt_len), rows longest first -> the real target ids (tokens,), time-major:
+    the order of `Decoder.forward_packed`'s logits."""
+    return pack_padded_sequence(tgt_out, tgt_lengths.cpu(), batch_first=True).data
 
 
 def token_budget_batches(
@@ -127,3 +143,41 @@ class BucketBatcher:
         batches = token_budget_batches(self.lengths, self.batch_tokens, order)
         rng.shuffle(batches)
         return batches
+
+
+class RandomBatcher:
+    """Every epoch, each example exactly once, in random order, cut under a token budget that
+    counts each pair's longer side (+ eos), padding not included."""
+
+    def __init__(
+        self, src_lengths: Sequence[int], tgt_lengths: Sequence[int], batch_tokens: int, seed: int
+    ) -> None:
+        assert len(src_lengths) == len(tgt_lengths)
+        self.costs = [max(s, t) + 1 for s, t in zip(src_lengths, tgt_lengths)]
+        self.batch_tokens = batch_tokens
+        self.seed = seed
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        order = list(range(len(self.costs)))
+        random.Random(f"{self.seed}-{epoch}").shuffle(order)
+        batches: list[list[int]] = []
+        current: list[int] = []
+        tokens = 0
+        for index in order:
+            if current and tokens + self.costs[index] > self.batch_tokens:
+                batches.append(current)
+                current, tokens = [], 0
+            current.append(index)
+            tokens += self.costs[index]
+        if current:
+            batches.append(current)
+        return batches
+
+
+BATCHERS = {"length": BucketBatcher, "random": RandomBatcher}
+
+
+def make_batcher(
+    kind: str, src_lengths: Sequence[int], tgt_lengths: Sequence[int], batch_tokens: int, seed: int
+) -> BucketBatcher | RandomBatcher:
+    return BATCHERS[kind](src_lengths, tgt_lengths, batch_tokens, seed)

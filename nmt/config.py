@@ -17,6 +17,7 @@ TOKENIZER_KINDS = ("unigram", "bpe")
 INIT_KINDS = ("uniform", "xavier", "pytorch")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "auto")
+BATCHINGS = ("length", "random")
 
 
 class ConfigError(ValueError):
@@ -155,7 +156,12 @@ class TrainConfig:
     # where the hardware has native bf16 products, else fp32 (nmt/precision.py). Validation
     # translates in the same precision.
     precision: str = "fp32"
-    batch_tokens: int = 4000  # padded tokens per batch: batch size x longest side
+    # Tokens per batch, each pair counting its longer side + eos: with `length` batching the
+    # padded batch size x longest side, with `random` the sum over pairs (nmt/batching.py).
+    batch_tokens: int = 4000
+    # length: pairs of equal target length per batch (least padding); random: the corpus' mix of
+    # lengths in every batch (more learnt per update; the decoder skips the padding).
+    batching: str = "length"
     lr: float = 0.001
     clip_norm: float = 1.0  # 0 disables clipping
     label_smoothing: float = 0.1
@@ -190,6 +196,7 @@ class TrainConfig:
         _check_choice("train.precision", self.precision, PRECISIONS)
         _check_positive("train.num_threads", self.num_threads, allow_zero=True)
         _check_positive("train.batch_tokens", self.batch_tokens)
+        _check_choice("train.batching", self.batching, BATCHINGS)
         _check_positive("train.lr", self.lr)
         _check_positive("train.clip_norm", self.clip_norm, allow_zero=True)
         _check(

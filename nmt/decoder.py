@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
 
 from nmt.attention import make_attention
 from nmt.cells import Gates
@@ -111,6 +112,23 @@ class Decoder(nn.Module):
         attentional, state, _ = self._teacher_force(tgt_in, state, record=False)
         return self.output(attentional), state  # (batch, tgt_len, vocab)
 
+    def forward_packed(self, tgt_in: torch.Tensor, tgt_lengths: list[int], state: DecoderState) -> torch.Tensor:
+        """Teacher forcing over the real target positions only, for training.
+
+        tgt_in (batch, tgt_len) with rows ordered longest target first, tgt_lengths (batch,) ->
+        logits (tokens, vocab) in time-major packed order: step 0 of every row, then step 1 of the
+        rows still going, ... (`pack_targets` gives the targets in that order). A sentence that
+        has ended leaves the batch, so padding costs (almost) no decoder, projection or loss work
+        and batches may mix lengths freely.
+        """
+        embedded = self.dropout(self.embed(tgt_in))  # (batch, tgt_len, embed_dim)
+        if self.fused:
+            attentional, _, _ = self._run(embedded, state)
+            packed = pack_padded_sequence(attentional, torch.tensor(tgt_lengths), batch_first=True).data
+        else:
+            packed, _ = self._teacher_force_feeding(embedded, state, tgt_lengths)
+        return self.output(packed)  # (tokens, vocab)
+
     def record_gates(self, tgt_in: torch.Tensor, state: DecoderState) -> list[Gates]:
         """Teacher-force tgt_in and return every layer's gates, (batch, tgt_len, hidden) each.
         Over a search's own output this replays exactly the states the search went through."""
@@ -121,7 +139,7 @@ class Decoder(nn.Module):
         if self.fused:
             return self._run(embedded, state, record)
         if not record:
-            return self._teacher_force_feeding(embedded, state)
+            return (*self._teacher_force_feeding(embedded, state), [])
         outputs, steps_gates = [], []
         for t in range(embedded.size(1)):
             step_out, state, gates = self._run(embedded[:, t : t + 1], state, record)
@@ -156,24 +174,49 @@ class Decoder(nn.Module):
     # target in one call; calling them once per step costs more than the step itself. The cells
     # are run directly instead, and the first layer's embedding half is projected for the whole
     # target in one product (only the attentional half is left to each step).
-    def _teacher_force_feeding(self, embedded: torch.Tensor, state: DecoderState):
+    def _teacher_force_feeding(self, embedded: torch.Tensor, state: DecoderState, lengths: list[int] | None = None):
+        """-> (batch, tgt_len, attentional_size) and the final state; with `lengths` (rows longest
+        first) the real positions only, (tokens, attentional_size) packed time-major, and no state.
+
+        With lengths the loop runs in stages: when the rows still going fall below
+        `_SHRINK_BELOW` of the stage's rows, the finished ones are cut off (state, memory, keys).
+        Not at every step: the backward of each cut fills a zero tensor of the whole memory.
+        """
         first = self.rnn.cells[0]
         embed_dim = embedded.size(-1)
+        embed_weight = first.weight_ih[:, :embed_dim]
         feed_weight = first.weight_ih[:, embed_dim:]  # (blocks * hidden, attentional_size)
-        # (batch, tgt_len, blocks * hidden): W_emb y_t + b for every step at once. unbind, not
-        # [:, t]: the backward of a slice fills a zero tensor of the whole target per step.
-        projected = torch.nn.functional.linear(embedded, first.weight_ih[:, :embed_dim], first.bias_ih).unbind(1)
-        # Per-layer lists rather than stacked tensors for the same reason.
+        # Per-layer lists rather than stacked tensors: cheaper to step and to cut.
         h = list(state.hidden.h.unbind(0))
         c = None if state.hidden.c is None else list(state.hidden.c.unbind(0))
         attentional = state.attentional
         assert attentional is not None  # input feeding starts from zeros (init_state)
-        outputs = []
-        for step_projected in projected:
-            step_projected = step_projected + torch.nn.functional.linear(attentional, feed_weight)
-            attentional, h, c, weights = self._feeding_step(step_projected, h, c, state)
-            outputs.append(attentional)
-        return torch.stack(outputs, dim=1), _after_step(state, h, c, attentional, weights), []  # (batch, tgt_len, attentional_size)
+        batch_size, tgt_len = embedded.shape[:2]
+        running = None if lengths is None else _rows_running(lengths)
+        stages = [(0, tgt_len, batch_size)] if running is None else _stages(running)
+        outputs, weights = [], None
+        for start, end, rows in stages:
+            stage_embedded = embedded
+            if rows < attentional.size(0):
+                h = [layer_h[:rows] for layer_h in h]
+                c = None if c is None else [layer_c[:rows] for layer_c in c]
+                attentional = attentional[:rows]
+                state = replace(state, memory=state.memory[:rows], keys=state.keys[:rows], src_mask=state.src_mask[:rows])
+            if (rows, end - start) != (batch_size, tgt_len):
+                stage_embedded = embedded[:rows, start:end]
+            # (rows, steps, blocks * hidden): W_emb y_t + b for the stage's steps at once. unbind,
+            # not [:, t]: the backward of a slice fills a zero tensor of the whole stage per step.
+            projected = torch.nn.functional.linear(stage_embedded, embed_weight, first.bias_ih).unbind(1)
+            for t, step_projected in enumerate(projected, start):
+                step_projected = step_projected + torch.nn.functional.linear(attentional, feed_weight)
+                attentional, h, c, weights = self._feeding_step(step_projected, h, c, state)
+                if running is not None and running[t] < rows:
+                    outputs.append(attentional[: running[t]])
+                else:
+                    outputs.append(attentional)
+        if running is not None:
+            return torch.cat(outputs), None  # (tokens, attentional_size)
+        return torch.stack(outputs, dim=1), _after_step(state, h, c, attentional, weights)  # (batch, tgt_len, attentional_size)
 
     def _feeding_step(self, projected: torch.Tensor, h: list[torch.Tensor], c: list[torch.Tensor] | None, state):
         """projected: the first layer's input projection (batch, blocks * hidden); h, c: each
@@ -226,6 +269,32 @@ class Decoder(nn.Module):
             attention_weights=None if weights is None else weights[:, -1],
         )
         return attentional, new_state, out.gates
+
+
+# A stage ends when fewer than this share of its rows are still running (measured: scripts/bench.py).
+_SHRINK_BELOW = 0.8
+
+
+def _rows_running(lengths: list[int]) -> list[int]:
+    """lengths (longest first) -> how many rows are still running at each step."""
+    if any(later > earlier for earlier, later in zip(lengths, lengths[1:])):
+        raise ValueError("forward_packed needs the rows ordered longest target first")
+    running, row = [], len(lengths)
+    for t in range(lengths[0] if lengths else 0):
+        while row and lengths[row - 1] <= t:
+            row -= 1
+        running.append(row)
+    return running
+
+
+def _stages(running: list[int]) -> list[tuple[int, int, int]]:
+    """-> (first step, end step, rows) per stage, cutting finished rows once they are many."""
+    stages, start = [], 0
+    for t in range(1, len(running) + 1):
+        if t == len(running) or running[t] < _SHRINK_BELOW * running[start]:
+            stages.append((start, t, running[start]))
+            start = t
+    return stages
 
 
 def _after_step(state: DecoderState, h: list[torch.Tensor], c: list[torch.Tensor] | None,

@@ -11,7 +11,8 @@ from nmt.tokenizer import PAD_ID
 def sequence_loss(
     logits: torch.Tensor, tgt_out: torch.Tensor, label_smoothing: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits (batch, tgt_len, vocab), tgt_out (batch, tgt_len) -> (loss sum, nll sum).
+    """logits (batch, tgt_len, vocab) and tgt_out (batch, tgt_len), or packed: (tokens, vocab) and
+    (tokens,) -> (loss sum, nll sum).
 
     The loss (smoothed) is what training minimises; the plain negative log-likelihood gives
     perplexity. Both are sums over real tokens: divide by the token count. One log-softmax serves

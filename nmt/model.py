@@ -32,6 +32,14 @@ class Seq2Seq(nn.Module):
         logits, _ = self.decoder(tgt_in, state)
         return logits
 
+    def forward_packed(
+        self, src: torch.Tensor, src_lengths: torch.Tensor, tgt_in: torch.Tensor, tgt_lengths: torch.Tensor
+    ) -> torch.Tensor:
+        """Teacher forcing over real target positions only (rows longest target first, as
+        `collate` orders them): -> logits (tokens, tgt_vocab), in `pack_targets`' order."""
+        state = self.init_decoder(self.encode(src, src_lengths))
+        return self.decoder.forward_packed(tgt_in, tgt_lengths.tolist(), state)
+
 
 def build_model(config: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -> Seq2Seq:
     encoder = Encoder(

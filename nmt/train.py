@@ -21,7 +21,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from nmt.averaging import WeightAverage
-from nmt.batching import BucketBatcher, collate, token_budget_batches
+from nmt.batching import collate, make_batcher, pack_targets, token_budget_batches
 from nmt.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
 from nmt.config import Config, TrainConfig
 from nmt.data import prepare_data
@@ -101,8 +101,8 @@ class Trainer:
             )
         # Plain lists: indexing a datasets column reads Arrow on every access.
         self.train_src, self.train_tgt = list(corpus["train"]["src_ids"]), list(corpus["train"]["tgt_ids"])
-        self.batcher = BucketBatcher(
-            [len(s) for s in self.train_src], [len(t) for t in self.train_tgt],
+        self.batcher = make_batcher(
+            self.train_config.batching, [len(s) for s in self.train_src], [len(t) for t in self.train_tgt],
             self.train_config.batch_tokens, self.train_config.seed,
         )  # fmt: skip
         valid = corpus["validation"]
@@ -226,9 +226,10 @@ class Trainer:
         batch = collate([self.train_src[i] for i in indices], [self.train_tgt[i] for i in indices])
         batch = batch.to(self.device)
         with autocast(self.precision, self.device):
-            logits = self.model(batch.src, batch.src_lengths, batch.tgt_in)
+            logits = self.model.forward_packed(batch.src, batch.src_lengths, batch.tgt_in, batch.tgt_lengths)
         # The loss is fp32 whatever the precision (sequence_loss upcasts the logits).
-        loss_sum, _ = sequence_loss(logits, batch.tgt_out, self.train_config.label_smoothing)
+        targets = pack_targets(batch.tgt_out, batch.tgt_lengths)
+        loss_sum, _ = sequence_loss(logits, targets, self.train_config.label_smoothing)
         tokens = batch.num_tgt_tokens
         self.optimizer.zero_grad(set_to_none=True)
         (loss_sum / tokens).backward()
@@ -263,8 +264,8 @@ class Trainer:
             for indices in token_budget_batches(lengths, self.train_config.batch_tokens):
                 batch = collate([src_ids[i] for i in indices], [tgt_ids[i] for i in indices]).to(self.device)
                 with autocast(self.precision, self.device):
-                    logits = self.model(batch.src, batch.src_lengths, batch.tgt_in)
-                _, nll = sequence_loss(logits, batch.tgt_out)
+                    logits = self.model.forward_packed(batch.src, batch.src_lengths, batch.tgt_in, batch.tgt_lengths)
+                _, nll = sequence_loss(logits, pack_targets(batch.tgt_out, batch.tgt_lengths))
                 nll_total += float(nll)
                 tokens += batch.num_tgt_tokens
         limit = self.train_config.valid_bleu_sentences or len(src_ids)

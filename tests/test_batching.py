@@ -2,7 +2,7 @@ import random
 
 import torch
 
-from nmt.batching import BucketBatcher, collate, token_budget_batches
+from nmt.batching import BucketBatcher, collate, pack_targets, token_budget_batches
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 
@@ -45,12 +45,14 @@ def test_an_oversized_sentence_gets_a_batch_of_its_own():
     assert sorted(map(sorted, batches)) == [[0, 2], [1]]
 
 
-def test_collate_pads_and_adds_bos_and_eos():
+def test_collate_pads_adds_bos_and_eos_and_puts_the_longest_target_first():
     batch = collate([[5, 6, 7], [8]], [[9, 10], [11, 12, 13]])
-    assert batch.src.tolist() == [[5, 6, 7, EOS_ID], [8, EOS_ID, PAD_ID, PAD_ID]]
-    assert batch.src_lengths.tolist() == [4, 2]
-    assert batch.tgt_in.tolist() == [[BOS_ID, 9, 10, PAD_ID], [BOS_ID, 11, 12, 13]]
-    assert batch.tgt_out.tolist() == [[9, 10, EOS_ID, PAD_ID], [11, 12, 13, EOS_ID]]
-    assert batch.src_mask.tolist() == [[True] * 4, [True, True, False, False]]
+    # The pair with the longer target comes first: the decoder drops sentences as they end.
+    assert batch.src.tolist() == [[8, EOS_ID, PAD_ID, PAD_ID], [5, 6, 7, EOS_ID]]
+    assert batch.src_lengths.tolist() == [2, 4]
+    assert batch.tgt_in.tolist() == [[BOS_ID, 11, 12, 13], [BOS_ID, 9, 10, PAD_ID]]
+    assert batch.tgt_out.tolist() == [[11, 12, 13, EOS_ID], [9, 10, EOS_ID, PAD_ID]]
+    assert batch.src_mask.tolist() == [[True, True, False, False], [True] * 4]
     assert batch.tgt_mask.sum().item() == batch.num_tgt_tokens == 7
+    assert pack_targets(batch.tgt_out, batch.tgt_lengths).tolist() == [11, 9, 12, 10, 13, EOS_ID, EOS_ID]
     assert batch.src.dtype == torch.long

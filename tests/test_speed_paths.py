@@ -29,7 +29,7 @@ def test_input_feeding_loop_matches_the_stack_path_with_gradients(cell):
         state = model.init_decoder(model.encode(src, lengths))
         embedded = model.decoder.embed(tgt_in)
         if fast:
-            attentional, _, _ = model.decoder._teacher_force_feeding(embedded, state)
+            attentional, _ = model.decoder._teacher_force_feeding(embedded, state)
         else:
             steps = []
             for t in range(tgt_in.size(1)):
@@ -124,3 +124,41 @@ def test_the_one_softmax_loss_equals_torchs_cross_entropy(smoothing):
     (grad,) = torch.autograd.grad(loss, logits)
     (expected_grad,) = torch.autograd.grad(expected, logits)
     torch.testing.assert_close(grad, expected_grad)
+
+
+@pytest.mark.parametrize("input_feeding", [True, False])
+def test_the_packed_decoder_drops_ended_sentences_and_changes_nothing(input_feeding):
+    """Training's decoder (finished sentences leave the batch, in stages; the output layer and the
+    loss see real positions only) against the padded one: the same loss and the same gradients."""
+    from nmt.batching import collate, pack_targets
+    from nmt.decoder import _rows_running, _stages
+    from nmt.loss import sequence_loss
+
+    model = small_model(input_feeding=input_feeding).train()
+    generator = torch.Generator().manual_seed(3)
+    # Eleven target lengths from 1 to 17: the running rows fall below 80 % several times.
+    tgt_lengths = [17, 1, 9, 12, 3, 16, 5, 2, 9, 14, 7]
+    tgt = [torch.randint(4, VOCAB, (n,), generator=generator).tolist() for n in tgt_lengths]
+    src = [torch.randint(4, VOCAB, (n,), generator=generator).tolist() for n in [4, 9, 2, 12, 6, 3, 8, 5, 11, 7, 1]]
+    batch = collate(src, tgt)
+    assert batch.tgt_lengths.tolist() == sorted((n + 1 for n in tgt_lengths), reverse=True)
+    assert len(_stages(_rows_running(batch.tgt_lengths.tolist()))) >= 4
+
+    def run(packed: bool):
+        model.zero_grad()  # small_model has no dropout: both paths see the same network
+        if packed:
+            logits = model.forward_packed(batch.src, batch.src_lengths, batch.tgt_in, batch.tgt_lengths)
+            loss, nll = sequence_loss(logits, pack_targets(batch.tgt_out, batch.tgt_lengths), 0.1)
+        else:
+            logits = model(batch.src, batch.src_lengths, batch.tgt_in)
+            loss, nll = sequence_loss(logits, batch.tgt_out, 0.1)
+        loss.backward()
+        return loss.detach(), nll, {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    packed_loss, packed_nll, packed_grads = run(packed=True)
+    padded_loss, padded_nll, padded_grads = run(packed=False)
+    torch.testing.assert_close(packed_loss, padded_loss)
+    torch.testing.assert_close(packed_nll, padded_nll)
+    assert packed_grads.keys() == padded_grads.keys()
+    for name in packed_grads:
+        torch.testing.assert_close(packed_grads[name], padded_grads[name], atol=1e-5, rtol=1e-4, msg=name)
