@@ -4,9 +4,11 @@ Two batchers, both reproducible from (seed, epoch) alone, so an epoch's batches 
 exactly on resume:
 - `BucketBatcher` ("length"): pairs of equal target length together, batches in random order;
   almost no padding, but each update sees a single length;
+- `SourceBatcher` ("source"): pairs of equal source length together; the targets vary;
 - `RandomBatcher` ("random"): pairs in random order, as they come; every update sees the corpus'
-  mix of lengths. Training's decoder drops each sentence as it ends (`Decoder.forward_packed`),
-  so the target padding this brings costs little.
+  mix of lengths.
+Training's decoder drops each sentence as it ends (`Decoder.forward_packed`), so the target
+padding of the last two costs little.
 """
 
 from __future__ import annotations
@@ -145,6 +147,23 @@ class BucketBatcher:
         return batches
 
 
+def summed_budget_batches(costs: Sequence[int], batch_tokens: int, order: Sequence[int]) -> list[list[int]]:
+    """Cut `order` into consecutive batches whose members' costs sum to at most `batch_tokens`
+    (padding not counted); an oversized pair gets a batch of its own."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    tokens = 0
+    for index in order:
+        if current and tokens + costs[index] > batch_tokens:
+            batches.append(current)
+            current, tokens = [], 0
+        current.append(index)
+        tokens += costs[index]
+    if current:
+        batches.append(current)
+    return batches
+
+
 class RandomBatcher:
     """Every epoch, each example exactly once, in random order, cut under a token budget that
     counts each pair's longer side (+ eos), padding not included."""
@@ -160,24 +179,33 @@ class RandomBatcher:
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         order = list(range(len(self.costs)))
         random.Random(f"{self.seed}-{epoch}").shuffle(order)
-        batches: list[list[int]] = []
-        current: list[int] = []
-        tokens = 0
-        for index in order:
-            if current and tokens + self.costs[index] > self.batch_tokens:
-                batches.append(current)
-                current, tokens = [], 0
-            current.append(index)
-            tokens += self.costs[index]
-        if current:
-            batches.append(current)
+        return summed_budget_batches(self.costs, self.batch_tokens, order)
+
+
+class SourceBatcher(RandomBatcher):
+    """Every epoch, each example exactly once, in batches of equal source length (random among
+    equal lengths, batches shuffled), under RandomBatcher's budget. The encoder and the attention
+    see almost no padding; the targets keep their spread of lengths (OpenNMT-py's order)."""
+
+    def __init__(
+        self, src_lengths: Sequence[int], tgt_lengths: Sequence[int], batch_tokens: int, seed: int
+    ) -> None:
+        super().__init__(src_lengths, tgt_lengths, batch_tokens, seed)
+        self.src_lengths = list(src_lengths)
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        rng = random.Random(f"{self.seed}-{epoch}")
+        tie_break = [rng.random() for _ in self.costs]
+        order = sorted(range(len(self.costs)), key=lambda i: (self.src_lengths[i], tie_break[i]))
+        batches = summed_budget_batches(self.costs, self.batch_tokens, order)
+        rng.shuffle(batches)
         return batches
 
 
-BATCHERS = {"length": BucketBatcher, "random": RandomBatcher}
+BATCHERS = {"length": BucketBatcher, "source": SourceBatcher, "random": RandomBatcher}
 
 
 def make_batcher(
     kind: str, src_lengths: Sequence[int], tgt_lengths: Sequence[int], batch_tokens: int, seed: int
-) -> BucketBatcher | RandomBatcher:
+) -> BucketBatcher | RandomBatcher | SourceBatcher:
     return BATCHERS[kind](src_lengths, tgt_lengths, batch_tokens, seed)

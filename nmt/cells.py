@@ -64,14 +64,20 @@ class Cell(nn.Module):
             return self.int8[1](h)
         return torch.nn.functional.linear(h, self.weight_hh, self.bias_hh)
 
+    def _hidden(self, h: torch.Tensor, projected_h: torch.Tensor | None) -> torch.Tensor:
+        return self.project_hidden(h) if projected_h is None else projected_h
+
     def step(
-        self, projected_x: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None, record: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None, Gates]:
+        self, projected_x: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None, record: bool = False,
+        projected_h: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, Gates]:  # fmt: skip
         """projected_x (batch, blocks * hidden), h and c (batch, hidden) -> h_t, c_t, gates.
 
         `gates` holds the activations by name when `record` is set (the gate inspector), else {}.
+        `projected_h`: W_h h + b_h when the caller has made that product itself (training's
+        decoder, which defers the weight gradients: nmt/deferred.py).
         """
-        gates = projected_x + self.project_hidden(h)
+        gates = projected_x + self._hidden(h, projected_h)
         i, f, candidate, o = gates.chunk(4, dim=-1)
         i, f, candidate, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(candidate), torch.sigmoid(o)
         c_t = f * c + i * candidate
@@ -89,8 +95,8 @@ class PeepholeCell(Cell):
         self.peephole_f = nn.Parameter(torch.zeros(hidden_size))
         self.peephole_o = nn.Parameter(torch.zeros(hidden_size))
 
-    def step(self, projected_x, h, c, record=False):
-        gates = projected_x + self.project_hidden(h)
+    def step(self, projected_x, h, c, record=False, projected_h=None):
+        gates = projected_x + self._hidden(h, projected_h)
         i, f, candidate, o = gates.chunk(4, dim=-1)
         i = torch.sigmoid(i + self.peephole_i * c)
         f = torch.sigmoid(f + self.peephole_f * c)
@@ -103,8 +109,8 @@ class PeepholeCell(Cell):
 class CIFGCell(Cell):
     kind = "cifg"
 
-    def step(self, projected_x, h, c, record=False):
-        gates = projected_x + self.project_hidden(h)
+    def step(self, projected_x, h, c, record=False, projected_h=None):
+        gates = projected_x + self._hidden(h, projected_h)
         f, candidate, o = gates.chunk(3, dim=-1)
         f, o = torch.sigmoid(f), torch.sigmoid(o)
         c_t = f * c + (1.0 - f) * torch.tanh(candidate)
@@ -116,9 +122,9 @@ class GRUCell(Cell):
     kind = "gru"
     has_cell_state = False
 
-    def step(self, projected_x, h, c, record=False):
+    def step(self, projected_x, h, c, record=False, projected_h=None):
         x_r, x_u, x_n = projected_x.chunk(3, dim=-1)
-        h_r, h_u, h_n = self.project_hidden(h).chunk(3, dim=-1)
+        h_r, h_u, h_n = self._hidden(h, projected_h).chunk(3, dim=-1)
         r = torch.sigmoid(x_r + h_r)
         u = torch.sigmoid(x_u + h_u)
         candidate = torch.tanh(x_n + r * h_n)
@@ -131,8 +137,8 @@ class RNNCell(Cell):
     kind = "rnn"
     has_cell_state = False
 
-    def step(self, projected_x, h, c, record=False):
-        h_t = torch.tanh(projected_x + self.project_hidden(h))
+    def step(self, projected_x, h, c, record=False, projected_h=None):
+        h_t = torch.tanh(projected_x + self._hidden(h, projected_h))
         return h_t, None, {}
 
 

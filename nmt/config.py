@@ -17,7 +17,7 @@ TOKENIZER_KINDS = ("unigram", "bpe")
 INIT_KINDS = ("uniform", "xavier", "pytorch")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "auto")
-BATCHINGS = ("length", "random")
+BATCHINGS = ("length", "source", "random")
 
 
 class ConfigError(ValueError):
@@ -157,10 +157,10 @@ class TrainConfig:
     # translates in the same precision.
     precision: str = "fp32"
     # Tokens per batch, each pair counting its longer side + eos: with `length` batching the
-    # padded batch size x longest side, with `random` the sum over pairs (nmt/batching.py).
+    # padded batch size x longest side, otherwise the sum over pairs (nmt/batching.py).
     batch_tokens: int = 4000
-    # length: pairs of equal target length per batch (least padding); random: the corpus' mix of
-    # lengths in every batch (more learnt per update; the decoder skips the padding).
+    # length: equal target lengths per batch (least padding); source: equal source lengths, the
+    # targets vary; random: the corpus' mix in every batch. The decoder skips target padding.
     batching: str = "length"
     lr: float = 0.001
     clip_norm: float = 1.0  # 0 disables clipping

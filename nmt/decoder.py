@@ -19,6 +19,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from nmt.attention import make_attention
 from nmt.cells import Gates
+from nmt.deferred import DeferredLinear
 from nmt.encoder import EncoderOutput, RecurrentState
 from nmt.rnn import RecurrentStack
 from nmt.tokenizer import PAD_ID
@@ -194,6 +195,8 @@ class Decoder(nn.Module):
         batch_size, tgt_len = embedded.shape[:2]
         running = None if lengths is None else _rows_running(lengths)
         stages = [(0, tgt_len, batch_size)] if running is None else _stages(running)
+        # Training defers the per-step products' weight gradients (nmt/deferred.py).
+        products = _StepProducts.of(self, feed_weight) if torch.is_grad_enabled() else None
         outputs, weights = [], None
         for start, end, rows in stages:
             stage_embedded = embedded
@@ -208,8 +211,11 @@ class Decoder(nn.Module):
             # not [:, t]: the backward of a slice fills a zero tensor of the whole stage per step.
             projected = torch.nn.functional.linear(stage_embedded, embed_weight, first.bias_ih).unbind(1)
             for t, step_projected in enumerate(projected, start):
-                step_projected = step_projected + torch.nn.functional.linear(attentional, feed_weight)
-                attentional, h, c, weights = self._feeding_step(step_projected, h, c, state)
+                if products is None:
+                    step_projected = step_projected + torch.nn.functional.linear(attentional, feed_weight)
+                else:
+                    step_projected = step_projected + products.feed(attentional)
+                attentional, h, c, weights = self._feeding_step(step_projected, h, c, state, products)
                 if running is not None and running[t] < rows:
                     outputs.append(attentional[: running[t]])
                 else:
@@ -218,25 +224,34 @@ class Decoder(nn.Module):
             return torch.cat(outputs), None  # (tokens, attentional_size)
         return torch.stack(outputs, dim=1), _after_step(state, h, c, attentional, weights)  # (batch, tgt_len, attentional_size)
 
-    def _feeding_step(self, projected: torch.Tensor, h: list[torch.Tensor], c: list[torch.Tensor] | None, state):
+    def _feeding_step(
+        self, projected: torch.Tensor, h: list[torch.Tensor], c: list[torch.Tensor] | None, state,
+        products: _StepProducts | None = None,
+    ):  # fmt: skip
         """projected: the first layer's input projection (batch, blocks * hidden); h, c: each
         layer's state (batch, hidden) -> the attentional vector (batch, attentional_size), the
-        new h and c lists, and the attention weights (batch, src_len)."""
+        new h and c lists, and the attention weights (batch, src_len). `products`: training's
+        deferred-gradient products; without them the cells' own (int8 when quantized)."""
         new_h, new_c = [], []
         for layer, cell in enumerate(self.rnn.cells):
             if layer > 0:
                 below = new_h[-1]
                 if self.rnn.dropout:
                     below = nn.functional.dropout(below, self.rnn.dropout, self.training)
-                projected = cell.project_input(below)
-            h_t, c_t, _ = cell.step(projected, h[layer], None if c is None else c[layer])
+                projected = cell.project_input(below) if products is None else products.inputs[layer](below)
+            projected_h = None if products is None else products.hidden[layer](h[layer])
+            h_t, c_t, _ = cell.step(projected, h[layer], None if c is None else c[layer], projected_h=projected_h)
             new_h.append(h_t)
             new_c.append(c_t)
         rnn_output = new_h[-1].unsqueeze(1)  # (batch, 1, hidden)
         assert self.attention is not None and state.keys is not None and self.combine is not None
         context, weights = self.attention(rnn_output, state.keys, state.memory, state.src_mask)
         features = torch.cat([rnn_output, context.to(rnn_output.dtype)], dim=-1)  # (batch, 1, hidden + memory)
-        attentional = self.dropout(torch.tanh(self.combine(features))).squeeze(1)  # (batch, attentional_size)
+        if products is None:
+            combined = self.combine(features).squeeze(1)
+        else:
+            combined = products.combine(features.squeeze(1))
+        attentional = self.dropout(torch.tanh(combined))  # (batch, attentional_size)
         return attentional, new_h, None if c is None else new_c, weights[:, 0]
 
     def _run(
@@ -269,6 +284,29 @@ class Decoder(nn.Module):
             attention_weights=None if weights is None else weights[:, -1],
         )
         return attentional, new_state, out.gates
+
+
+@dataclass
+class _StepProducts:
+    """The products the input-feeding loop makes at every step, with deferred weight gradients:
+    the first layer's feed half, each layer's hidden projection, each higher layer's input
+    projection, and the attentional combination. One set per forward pass."""
+
+    feed: DeferredLinear
+    hidden: list[DeferredLinear]
+    inputs: list[DeferredLinear | None]  # None for the first layer (fed by `feed` + embeddings)
+    combine: DeferredLinear
+
+    @classmethod
+    def of(cls, decoder: "Decoder", feed_weight: torch.Tensor) -> "_StepProducts":
+        cells = decoder.rnn.cells
+        assert decoder.combine is not None
+        return cls(
+            feed=DeferredLinear(feed_weight),
+            hidden=[DeferredLinear(cell.weight_hh, cell.bias_hh) for cell in cells],
+            inputs=[None, *(DeferredLinear(cell.weight_ih, cell.bias_ih) for cell in cells[1:])],
+            combine=DeferredLinear(decoder.combine.weight, decoder.combine.bias),
+        )
 
 
 # A stage ends when fewer than this share of its rows are still running (measured: scripts/bench.py).
