@@ -125,12 +125,12 @@ def flops_per_target_token(src_per_tgt: float, src_len: float, vocab: int = 8000
     return forward * (3 if training else 1)
 
 
-def describe_model(data: str, batch_tokens: int) -> dict:
+def describe_model(data: str, batch_tokens: int, batching: str = "length") -> dict:
     """Parameters, mean lengths, real target tokens per batch and FLOPs of the reference model
     on this corpus (tokenizer trained here as the training runs train theirs)."""
     import torch
 
-    from nmt.batching import BucketBatcher
+    from nmt.batching import make_batcher
     from nmt.config import DataConfig, ModelConfig
     from nmt.data import prepare_data
     from nmt.model import build_model, count_parameters
@@ -138,7 +138,7 @@ def describe_model(data: str, batch_tokens: int) -> dict:
     tokenizer, corpus = prepare_data(DataConfig(source=data), None, num_threads=torch.get_num_threads())
     src = [len(ids) + 1 for ids in corpus["train"]["src_ids"]]  # + eos
     tgt = [len(ids) + 1 for ids in corpus["train"]["tgt_ids"]]
-    batches = BucketBatcher([n - 1 for n in src], [n - 1 for n in tgt], batch_tokens, seed=1234).epoch_batches(0)
+    batches = make_batcher(batching, [n - 1 for n in src], [n - 1 for n in tgt], batch_tokens, seed=1234).epoch_batches(0)
     real_per_batch = sum(tgt) / len(batches)
     model = build_model(ModelConfig(), tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
     src_len, src_per_tgt = sum(src) / len(src), sum(src) / sum(tgt)
@@ -148,6 +148,7 @@ def describe_model(data: str, batch_tokens: int) -> dict:
         "mean_src_len": src_len,
         "src_tokens_per_tgt_token": src_per_tgt,
         "batch_tokens": batch_tokens,
+        "batching": batching,
         "real_tgt_tokens_per_batch": real_per_batch,
         "train_mflops_per_tgt_token": flops_per_target_token(src_per_tgt, src_len, vocab) / 1e6,
         "translate_mflops_per_hyp_token": flops_per_target_token(0.0, src_len, vocab, training=False) / 1e6,
@@ -248,6 +249,10 @@ def supports_precision(tree: Path) -> bool:
     return "precision" in (tree / "nmt" / "config.py").read_text()
 
 
+def supports_batching(tree: Path) -> bool:
+    return "batching" in (tree / "nmt" / "config.py").read_text()
+
+
 # --- report -----------------------------------------------------------------------------------------
 def markdown(bench: Bench) -> str:
     m = bench.machine
@@ -258,7 +263,7 @@ def markdown(bench: Bench) -> str:
         f"reference model: {bench.model['parameters']:,} parameters; {bench.model['train_mflops_per_tgt_token']:.1f} "
         f"MFLOP per target token to train, {bench.model['translate_mflops_per_hyp_token']:.1f} to translate; "
         f"batches of {bench.model['real_tgt_tokens_per_batch']:,.0f} real target tokens (train.batch_tokens="
-        f"{bench.model['batch_tokens']})",
+        f"{bench.model['batch_tokens']}, train.batching={bench.model.get('batching', 'length')})",
         "",
         "| training (reference model) | target tok/s | vs first row | peak RSS | share of matmul peak |",
         "| --- | ---: | ---: | ---: | ---: |",
@@ -284,6 +289,8 @@ def main() -> int:
     parser.add_argument("--raw", default=str(DEFAULT_DATA / "raw"), help="directory with test_2016_flickr.{de,en}.gz")
     parser.add_argument("--window", type=int, nargs=2, default=(50, 200), metavar=("FIRST", "LAST"))
     parser.add_argument("--batch-tokens", type=int, default=None, help="train.batch_tokens (default: the preset's)")
+    parser.add_argument("--batching", choices=["length", "source", "random"], default="length",
+                        help="train.batching (a baseline revision without the option batches by length)")
     parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"],
                         help="default: fp32, and bf16 where the CPU has it natively")
     parser.add_argument("--baseline", metavar="REV", help="also measure this git revision, alternating with ours")
@@ -311,7 +318,7 @@ def main() -> int:
                      "peak_gflops": matmul_peaks()}  # fmt: skip
     log.info("matmul peak: %s", bench.machine["peak_gflops"])
     batch_tokens = args.batch_tokens or REFERENCE_BATCH_TOKENS
-    bench.model = describe_model(args.data, batch_tokens)
+    bench.model = describe_model(args.data, batch_tokens, args.batching)
     log.info("model: %s", bench.model)
     extra = [f"train.batch_tokens={batch_tokens}"]
     trees = [("ours", ROOT)]
@@ -324,6 +331,8 @@ def main() -> int:
                     if precision != "fp32" and not supports_precision(tree):
                         continue
                     overrides = extra + ([f"train.precision={precision}"] if supports_precision(tree) else [])
+                    if args.batching != "length" and supports_batching(tree):
+                        overrides.append(f"train.batching={args.batching}")
                     result = run_training(tree, f"{name}, {precision}", overrides, tuple(args.window), args.data, python)
                     peak = bench.machine["peak_gflops"][precision] * 1e9
                     result.matmul_share = result.tokens_per_s * bench.model["train_mflops_per_tgt_token"] * 1e6 / peak
