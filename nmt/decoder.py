@@ -309,7 +309,8 @@ class _StepProducts:
         )
 
 
-# A stage ends when fewer than this share of its rows are still running (measured: scripts/bench.py).
+# A stage ends when fewer than this share of its rows are still running. Not critical: 0.5 / 0.8 /
+# 0.95 trained random batches at 870 / 855 / 888 target tokens/s (alternated in one process).
 _SHRINK_BELOW = 0.8
 
 
