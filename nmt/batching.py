@@ -125,9 +125,7 @@ class BucketBatcher:
     def __init__(
         self, src_lengths: Sequence[int], tgt_lengths: Sequence[int], batch_tokens: int, seed: int
     ) -> None:
-        assert len(src_lengths) == len(tgt_lengths)
-        # Both sides get an eos (and the target a bos in tgt_in); a pair costs its longer side.
-        self.lengths = [max(s, t) + 1 for s, t in zip(src_lengths, tgt_lengths)]
+        self.lengths = pair_costs(src_lengths, tgt_lengths)
         self.src_lengths = list(src_lengths)
         self.tgt_lengths = list(tgt_lengths)
         self.batch_tokens = batch_tokens
@@ -145,6 +143,12 @@ class BucketBatcher:
         batches = token_budget_batches(self.lengths, self.batch_tokens, order)
         rng.shuffle(batches)
         return batches
+
+
+def pair_costs(src_lengths: Sequence[int], tgt_lengths: Sequence[int]) -> list[int]:
+    """What a pair costs a batch: its longer side + eos (the target also gets a bos in tgt_in)."""
+    assert len(src_lengths) == len(tgt_lengths)
+    return [max(s, t) + 1 for s, t in zip(src_lengths, tgt_lengths)]
 
 
 def summed_budget_batches(costs: Sequence[int], batch_tokens: int, order: Sequence[int]) -> list[list[int]]:
@@ -171,8 +175,7 @@ class RandomBatcher:
     def __init__(
         self, src_lengths: Sequence[int], tgt_lengths: Sequence[int], batch_tokens: int, seed: int
     ) -> None:
-        assert len(src_lengths) == len(tgt_lengths)
-        self.costs = [max(s, t) + 1 for s, t in zip(src_lengths, tgt_lengths)]
+        self.costs = pair_costs(src_lengths, tgt_lengths)
         self.batch_tokens = batch_tokens
         self.seed = seed
 
