@@ -21,7 +21,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from nmt.averaging import WeightAverage
-from nmt.batching import collate, make_batcher, pack_targets, token_budget_batches
+from nmt.batching import Batch, collate, make_batcher, pack_targets, token_budget_batches
 from nmt.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
 from nmt.config import Config, TrainConfig
 from nmt.data import prepare_data
@@ -225,11 +225,7 @@ class Trainer:
         self.model.train()
         batch = collate([self.train_src[i] for i in indices], [self.train_tgt[i] for i in indices])
         batch = batch.to(self.device)
-        with autocast(self.precision, self.device):
-            logits = self.model.forward_packed(batch.src, batch.src_lengths, batch.tgt_in, batch.tgt_lengths)
-        # The loss is fp32 whatever the precision (sequence_loss upcasts the logits).
-        targets = pack_targets(batch.tgt_out, batch.tgt_lengths)
-        loss_sum, _ = sequence_loss(logits, targets, self.train_config.label_smoothing)
+        loss_sum, _ = self._batch_loss(batch, self.train_config.label_smoothing)
         tokens = batch.num_tgt_tokens
         self.optimizer.zero_grad(set_to_none=True)
         (loss_sum / tokens).backward()
@@ -239,6 +235,13 @@ class Trainer:
         if self.average is not None:
             self.average.update(self.model)
         return loss_sum.item(), tokens
+
+    def _batch_loss(self, batch: Batch, label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced (loss sum, nll sum) over the batch's real target tokens. The loss is fp32
+        whatever the precision (sequence_loss upcasts the logits)."""
+        with autocast(self.precision, self.device):
+            logits = self.model.forward_packed(batch.src, batch.src_lengths, batch.tgt_in, batch.tgt_lengths)
+        return sequence_loss(logits, pack_targets(batch.tgt_out, batch.tgt_lengths), label_smoothing)
 
     def _log_train(self, bar: tqdm) -> None:
         loss, tokens_per_s = self.meter.read()
@@ -263,9 +266,7 @@ class Trainer:
         with torch.inference_mode():
             for indices in token_budget_batches(lengths, self.train_config.batch_tokens):
                 batch = collate([src_ids[i] for i in indices], [tgt_ids[i] for i in indices]).to(self.device)
-                with autocast(self.precision, self.device):
-                    logits = self.model.forward_packed(batch.src, batch.src_lengths, batch.tgt_in, batch.tgt_lengths)
-                _, nll = sequence_loss(logits, pack_targets(batch.tgt_out, batch.tgt_lengths))
+                _, nll = self._batch_loss(batch)
                 nll_total += float(nll)
                 tokens += batch.num_tgt_tokens
         limit = self.train_config.valid_bleu_sentences or len(src_ids)
