@@ -6,7 +6,7 @@ memory; the attentional vector `tanh(W [s_t; context_t])` goes to the output pro
 attention the final encoder state, through the bridge, is all the decoder knows of the source.
 
 Search talks to it only through `step(prev_tokens, state) -> (log_probs, state)` and
-`DecoderState.reorder(index)`.
+`DecoderState`'s row moves: `reorder`, `expand_beams` and `select_sentences`.
 """
 
 from __future__ import annotations
@@ -27,35 +27,58 @@ from nmt.tokenizer import PAD_ID
 
 @dataclass
 class DecoderState:
-    hidden: RecurrentState  # (num_layers, batch, hidden_size) each; c is None for gru / rnn
-    memory: torch.Tensor  # (batch, src_len, memory_size)
-    keys: torch.Tensor | None  # (batch, src_len, key_size), projected once per sentence
-    src_mask: torch.Tensor  # (batch, src_len) bool
-    attentional: torch.Tensor | None  # (batch, attentional_size): last step's, for input feeding
-    attention_weights: torch.Tensor | None = None  # (batch, src_len): last step's
+    hidden: RecurrentState  # (num_layers, rows, hidden_size) each; c is None for gru / rnn
+    memory: torch.Tensor  # (sentences, src_len, memory_size)
+    keys: torch.Tensor | None  # (sentences, src_len, key_size), projected once per sentence
+    src_mask: torch.Tensor  # (sentences, src_len) bool
+    attentional: torch.Tensor | None  # (rows, attentional_size): last step's, for input feeding
+    attention_weights: torch.Tensor | None = None  # (rows, src_len): last step's
+    # Rows per sentence. Beam search's hypotheses of one sentence are `beams` consecutive rows
+    # that share the sentence's memory, keys and mask: copying those for every beam would cost
+    # more than the step's own attention.
+    beams: int = 1
 
     def reorder(self, index: torch.Tensor, same_sources: bool = False) -> "DecoderState":
-        """A state whose row i is this state's row index[i] (beam search reselects rows).
+        """A state whose row i is this state's row index[i] (search reselects rows).
 
-        `same_sources`: the caller promises that row index[i] has the same source as row i (beam
-        search choosing among one sentence's beams), so memory, keys and mask stay as they are:
-        copying them at every step would cost more than the step's own attention.
+        `same_sources`: the caller promises that row index[i] belongs to the same sentence as
+        row i (beam search choosing among a sentence's beams), so memory, keys and mask stay.
+        Otherwise every row is a sentence of its own (beams == 1) and they move with it.
         """
-
-        def pick(tensor: torch.Tensor | None) -> torch.Tensor | None:
-            return None if tensor is None else tensor.index_select(0, index)
-
         if same_sources:
-            memory, keys, src_mask = self.memory, self.keys, self.src_mask
-        else:
-            memory, keys, src_mask = pick(self.memory), pick(self.keys), pick(self.src_mask)
+            return self._with_rows(index, self.memory, self.keys, self.src_mask, self.beams)
+        if self.beams != 1:
+            raise ValueError("rows of a beam state move within their sentence (same_sources) or by sentence (select_sentences)")
+        return self.select_sentences(index)
+
+    def expand_beams(self, beams: int) -> "DecoderState":
+        """Every row (a sentence) becomes `beams` consecutive rows that share its memory."""
+        if self.beams != 1:
+            raise ValueError(f"this state already has {self.beams} beams per sentence")
+        rows = torch.arange(self.hidden.h.size(1), device=self.memory.device).repeat_interleave(beams)
+        return self._with_rows(rows, self.memory, self.keys, self.src_mask, beams)
+
+    def select_sentences(self, sentences: torch.Tensor) -> "DecoderState":
+        """Keep these sentences, in this order, with all their rows."""
+        rows = sentences
+        if self.beams != 1:
+            rows = ((sentences * self.beams).unsqueeze(1) + torch.arange(self.beams, device=sentences.device)).view(-1)
+        keys = None if self.keys is None else self.keys.index_select(0, sentences)
+        memory, src_mask = self.memory.index_select(0, sentences), self.src_mask.index_select(0, sentences)
+        return self._with_rows(rows, memory, keys, src_mask, self.beams)
+
+    def _with_rows(self, rows: torch.Tensor, memory, keys, src_mask, beams: int) -> "DecoderState":
+        def pick(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            return None if tensor is None else tensor.index_select(0, rows)
+
         return DecoderState(
-            hidden=self.hidden.index_select(index),
+            hidden=self.hidden.index_select(rows),
             memory=memory,
             keys=keys,
             src_mask=src_mask,
             attentional=pick(self.attentional),
             attention_weights=pick(self.attention_weights),
+            beams=beams,
         )
 
 
@@ -244,8 +267,8 @@ class Decoder(nn.Module):
             new_h.append(h_t)
             new_c.append(c_t)
         rnn_output = new_h[-1].unsqueeze(1)  # (batch, 1, hidden)
-        assert self.attention is not None and state.keys is not None and self.combine is not None
-        context, weights = self.attention(rnn_output, state.keys, state.memory, state.src_mask)
+        assert self.combine is not None
+        context, weights = self._attend(rnn_output, state)
         features = torch.cat([rnn_output, context.to(rnn_output.dtype)], dim=-1)  # (batch, 1, hidden + memory)
         if products is None:
             combined = self.combine(features).squeeze(1)
@@ -253,6 +276,16 @@ class Decoder(nn.Module):
             combined = products.combine(features.squeeze(1))
         attentional = self.dropout(torch.tanh(combined))  # (batch, attentional_size)
         return attentional, new_h, None if c is None else new_c, weights[:, 0]
+
+    def _attend(self, rnn_output: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, torch.Tensor]:
+        """rnn_output (rows, steps, hidden) -> context (rows, steps, memory_size) and weights
+        (rows, steps, src_len). A sentence's beams query its memory together, as the
+        beams * steps positions of one query."""
+        assert self.attention is not None and state.keys is not None
+        rows, steps = rnn_output.shape[:2]
+        query = rnn_output.reshape(rows // state.beams, state.beams * steps, -1)
+        context, weights = self.attention(query, state.keys, state.memory, state.src_mask)
+        return context.reshape(rows, steps, -1), weights.reshape(rows, steps, -1)
 
     def _run(
         self, embedded: torch.Tensor, state: DecoderState, record: bool = False
@@ -272,7 +305,7 @@ class Decoder(nn.Module):
         features = rnn_output
         if self.attention is not None:
             assert state.keys is not None
-            context, weights = self.attention(rnn_output, state.keys, state.memory, state.src_mask)
+            context, weights = self._attend(rnn_output, state)
             features = torch.cat([rnn_output, context], dim=-1)  # (batch, steps, hidden + memory)
         if self.combine is not None:
             features = torch.tanh(self.combine(features))  # (batch, steps, attentional_size)

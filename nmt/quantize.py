@@ -3,7 +3,8 @@
 Weights are stored as int8 (per output row scales); activations are quantized on the fly, batch
 by batch, so no calibration data is needed. The decoder's cells run their two matrix products
 (input and recurrent) through int8 twins of their weights (`Cell.int8`); every `nn.Linear`
-(attention, combination, output projection, bridge) is replaced by torch's dynamic int8 Linear.
+(attention, combination, output projection, bridge) but Bahdanau's one-output v is replaced by torch's
+dynamic int8 Linear.
 The encoder's stack, when torch has an int8 kernel for its kind (lstm, gru), runs torch's
 dynamic int8 LSTM / GRU on a copy of its weights; other kinds keep their float kernel (the encoder
 runs once per sentence, not once per beam and step). For CPU translation only: training and
@@ -45,7 +46,8 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     for cell in decoder.rnn.cells:
         cell.int8 = (_int8_linear(cell.weight_ih, cell.bias_ih), _int8_linear(cell.weight_hh, cell.bias_hh))
     for module in (decoder, model.bridge):
-        torch.ao.quantization.quantize_dynamic(
-            module, {nn.Linear: torch.ao.quantization.default_dynamic_qconfig}, dtype=torch.qint8, inplace=True
-        )
+        # A linear layer with one output (Bahdanau's v) stays float: quantizing its input, the
+        # largest tensor of a step, would cost more than the product itself.
+        names = {name for name, child in module.named_modules() if isinstance(child, nn.Linear) and child.out_features > 1}
+        torch.ao.quantization.quantize_dynamic(module, names, dtype=torch.qint8, inplace=True)
     return model

@@ -1,8 +1,8 @@
 """Greedy and beam search over the decoding protocol of DESIGN.md.
 
-Only `model.encode`, `model.init_decoder`, `model.decoder.step` and `DecoderState.reorder` are
-used, so every cell and attention kind decodes with this code (beam search tells `reorder` when
-rows only move among a sentence's own beams, so the encoder memory is not copied at every step).
+Only `model.encode`, `model.init_decoder`, `model.decoder.step` and the state's row moves
+(`reorder`, `expand_beams`, `select_sentences`) are used, so every cell and attention kind decodes
+with this code. A sentence's beams share one copy of its encoder memory.
 Both searches run a whole batch of sentences at once (one `step` call per time step) and drop
 sentences from the batch as they finish.
 """
@@ -116,7 +116,7 @@ def greedy_search(model, src: torch.Tensor, src_lengths: torch.Tensor, options: 
             break
         if bool(finished.any()):  # shrink the batch to the sentences still decoding
             keep = (~finished).nonzero().squeeze(1)
-            state, live, next_tokens = state.reorder(keep), live[keep], next_tokens[keep]
+            state, live, next_tokens = state.select_sentences(keep), live[keep], next_tokens[keep]
         prev_tokens = next_tokens
     return [
         _hypothesis(tokens[i, : n - 1].tolist(), float(log_prob[i]), None if attention is None else attention[i, :n], options)
@@ -177,11 +177,9 @@ class _Beams:
     @classmethod
     def start(cls, model, src: torch.Tensor, src_lengths: torch.Tensor, options: SearchOptions) -> "_Beams":
         """Encode once, then give every sentence beam_size rows of the same decoder state."""
-        batch_size = src.size(0)
-        state = model.init_decoder(model.encode(src, src_lengths))
-        rows = torch.arange(batch_size, device=src.device).repeat_interleave(options.beam_size)
+        state = model.init_decoder(model.encode(src, src_lengths)).expand_beams(options.beam_size)
         max_lens = max_output_lengths(src_lengths, options.max_len_a, options.max_len_b, options.max_len_cap)
-        return cls(state.reorder(rows), max_lens.to(src.device), batch_size, src.size(1), options)
+        return cls(state, max_lens.to(src.device), src.size(0), src.size(1), options)
 
     def expand(self, log_probs: torch.Tensor) -> None:
         """Extend every beam by every token, keep the k best continuations of each sentence, and
@@ -234,7 +232,7 @@ class _Beams:
             keep = (~done).nonzero().squeeze(1)
             rows = ((keep * k).unsqueeze(1) + torch.arange(k, device=keep.device)).view(-1)
             self.live, self.scores = self.live[keep], self.scores[keep]
-            self.state, self.prev_tokens, self.history = self.state.reorder(rows), self.prev_tokens[rows], self.history[rows]
+            self.state, self.prev_tokens, self.history = self.state.select_sentences(keep), self.prev_tokens[rows], self.history[rows]
             if self.attention is not None:
                 self.attention = self.attention[rows]
         return True

@@ -22,10 +22,17 @@ NEVER = -1e4  # pad, unk and bos are never produced
 @dataclass
 class ToyState:
     rows: torch.Tensor
+    beams: int = 1
     attention_weights: None = None
 
     def reorder(self, index: torch.Tensor, same_sources: bool = False) -> "ToyState":
-        return ToyState(self.rows[index])
+        return ToyState(self.rows[index], self.beams)
+
+    def expand_beams(self, beams: int) -> "ToyState":
+        return ToyState(self.rows.repeat_interleave(beams), beams)
+
+    def select_sentences(self, sentences: torch.Tensor) -> "ToyState":
+        return ToyState(self.rows.view(-1, self.beams)[sentences].view(-1), self.beams)
 
 
 class TableDecoder:

@@ -1,4 +1,4 @@
-"""The fast paths (input-feeding decoder loop, beam reorders that keep the memory, bf16, int8)
+"""The fast paths (input-feeding decoder loop, beams that share their memory, bf16, int8)
 give what the plain paths give."""
 
 import pytest
@@ -8,6 +8,7 @@ from nmt.batching import collate_src
 from nmt.precision import autocast
 from nmt.quantize import quantize_int8
 from nmt.search import SearchOptions, search
+from nmt.tokenizer import BOS_ID, EOS_ID
 from nmt.translate import Translator, load_model
 
 from conftest import PAIRS
@@ -48,19 +49,39 @@ def test_input_feeding_loop_matches_the_stack_path_with_gradients(cell):
         torch.testing.assert_close(fast_grads[name], slow_grads[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
-def test_reorder_among_a_sentences_beams_keeps_the_memory_and_selects_the_rest():
-    model = small_model()
-    src, lengths = random_batch([5, 5])
+@pytest.mark.parametrize("attention", ["bahdanau", "luong_general", "luong_dot"])
+@pytest.mark.parametrize("input_feeding", [True, False])
+def test_beams_share_their_sentences_memory_and_decode_as_copies_of_it_would(attention, input_feeding):
+    """Beam search's rows share one copy of their sentence's memory (expand_beams, reorders
+    within a sentence, select_sentences); every step gives what one row per copy gives."""
+    model = small_model(attention=attention, input_feeding=input_feeding)
+    src, lengths = random_batch([5, 3, 8])
+    tokens = [torch.tensor(row) for row in ([4, 5, 6, 7, 8, 9], [7, 7, 4, 5, 6, 6], [5, 9, 8, 4, 4, 7])]
+    within = torch.tensor([1, 1, 3, 2, 4, 5])  # each row takes a beam of its own sentence
     with torch.no_grad():
-        state = model.init_decoder(model.encode(src, lengths)).reorder(torch.tensor([0, 0, 1, 1]))
-        _, state = model.decoder.step(torch.tensor([4, 5, 6, 7]), state)
-        index = torch.tensor([1, 1, 3, 2])  # each row picks a beam of its own sentence
-        kept = state.reorder(index, same_sources=True)
-        full = state.reorder(index)
-    assert kept.memory is state.memory and kept.keys is state.keys
-    torch.testing.assert_close(kept.memory, full.memory)
-    torch.testing.assert_close(kept.hidden.h, full.hidden.h)
-    torch.testing.assert_close(kept.attentional, full.attentional)
+        start = model.init_decoder(model.encode(src, lengths))
+        shared = start.expand_beams(2)
+        copied = start.reorder(torch.tensor([0, 0, 1, 1, 2, 2]))
+        assert shared.memory is start.memory and shared.keys is start.keys
+        steps = [
+            lambda state: state.reorder(within, same_sources=True),
+            lambda state: state.select_sentences(torch.tensor([2, 0])) if state.beams > 1
+            else state.reorder(torch.tensor([4, 5, 0, 1])),
+        ]
+        for t, move in enumerate([None, *steps]):
+            if move is not None:
+                moved = move(shared)
+                if t == 1:
+                    assert moved.memory is shared.memory and moved.keys is shared.keys
+                shared, copied = moved, move(copied)
+            prev = tokens[t][: shared.hidden.h.size(1)]
+            shared_log_probs, shared = model.decoder.step(prev, shared)
+            copied_log_probs, copied = model.decoder.step(prev, copied)
+            torch.testing.assert_close(shared_log_probs, copied_log_probs, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(shared.attention_weights, copied.attention_weights, atol=1e-6, rtol=1e-5)
+    assert shared.beams == 2 and shared.memory.size(0) == 2 and copied.memory.size(0) == 4
+    with pytest.raises(ValueError, match="within their sentence"):
+        shared.reorder(torch.tensor([0, 1, 2, 3]))
 
 
 def test_bf16_training_step_runs_in_bf16_and_tracks_fp32():
@@ -81,18 +102,34 @@ def test_unknown_precision_is_refused():
         autocast("fp8", torch.device("cpu"))
 
 
+def _fp32_mean_log_prob(model, src_ids: list[int], tokens: list[int]) -> float:
+    """The fp32 model's log-probability of tokens + eos, per token (teacher forced)."""
+    src, lengths = collate_src([src_ids])
+    with torch.no_grad():
+        logits = model(src, lengths, torch.tensor([[BOS_ID, *tokens]]))  # (1, len + 1, vocab)
+    targets = torch.tensor([*tokens, EOS_ID]).unsqueeze(1)
+    return logits[0].log_softmax(-1).gather(1, targets).mean().item()
+
+
 @pytest.mark.parametrize("beam", [1, 4])
-def test_bf16_and_int8_translations_mostly_agree_with_fp32(trained_run, beam):
+def test_bf16_and_int8_translations_are_fp32s_or_near_ties(trained_run, beam):
+    """Rounding may flip a near tie, nothing more: wherever bf16 or int8 output differs from
+    fp32's, the fp32 model scores it within 0.02 nats per token of its own choice. (The toy model
+    is tiny and full of near ties, "plays" / "jumps": its differing outputs measured at most 0.006
+    per token; a broken path misses by whole nats. On the reference model int8 beam 5 scored
+    test BLEU 34.20 against fp32's 34.29, README.)"""
     options = SearchOptions(beam_size=beam)
-    sources = [src for src, _ in PAIRS[:40]]
-    reference = Translator.from_checkpoint(trained_run, "cpu", options).translate(sources)
-    # The toy model is tiny (32 units), so rounding moves it more than the reference model,
-    # where int8 beam 5 scored test BLEU 35.28 against fp32's 35.30 (README). Where they differ
-    # it is near-tied verbs ("plays" / "jumps"): bf16 beam 4 kept 29 of 40 sentences exactly.
-    for kwargs, share in (({"precision": "bf16"}, 0.7), ({"quantize": "int8"}, 0.6)):
-        other = Translator.from_checkpoint(trained_run, "cpu", options, **kwargs).translate(sources)
-        same = sum(a == b for a, b in zip(reference, other))
-        assert same >= share * len(sources), (kwargs, same)
+    reference = Translator.from_checkpoint(trained_run, "cpu", options)
+    src_ids = reference.tokenizer.encode_src([src for src, _ in PAIRS[:40]])
+    expected = [hypotheses[0].tokens for hypotheses in reference.search_ids(src_ids)]
+    for kwargs in ({"precision": "bf16"}, {"quantize": "int8"}):
+        found = [hypotheses[0].tokens for hypotheses in
+                 Translator.from_checkpoint(trained_run, "cpu", options, **kwargs).search_ids(src_ids)]  # fmt: skip
+        assert sum(a == b for a, b in zip(expected, found)) >= 0.5 * len(src_ids), kwargs
+        for ids, fp32_tokens, tokens in zip(src_ids, expected, found):
+            if tokens != fp32_tokens:
+                gap = _fp32_mean_log_prob(reference.model, ids, fp32_tokens) - _fp32_mean_log_prob(reference.model, ids, tokens)
+                assert gap < 0.02, (kwargs, fp32_tokens, tokens, gap)
 
 
 def test_int8_replaces_the_decoders_products(trained_run):
