@@ -71,26 +71,30 @@ class BahdanauAttention(Attention):
         self.energy = nn.Linear(attention_size, 1, bias=False)
 
     def project_keys(self, memory: torch.Tensor) -> torch.Tensor:
-        return self.key_proj(memory)  # (batch, src_len, attention_size)
+        keys = self.key_proj(memory)  # (batch, src_len, attention_size)
+        return 2 * keys if keys.dtype == torch.float32 else keys  # float32 scores want 2 W_k memory
 
     def score(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """-> the scores, in float32 plus sum(v): (batch, tgt_len, src_len)."""
+        via_sigmoid = keys.dtype == torch.float32
         projected_query = self.query_proj(query).unsqueeze(2)  # (batch, tgt_len, 1, attention_size)
+        if via_sigmoid:
+            projected_query = 2 * projected_query
         keys = keys.unsqueeze(1)  # (batch, 1, src_len, attention_size)
         if torch.is_grad_enabled():
-            return self._energies(projected_query + keys)
+            return self._energies(projected_query + keys, via_sigmoid)
         rows = max(1, self._CACHE_FLOATS // (query.size(1) * keys.size(2) * keys.size(3)))
         blocks = [
-            self._energies(projected_query[start : start + rows] + keys[start : start + rows])
+            self._energies(projected_query[start : start + rows] + keys[start : start + rows], via_sigmoid)
             for start in range(0, query.size(0), rows)
         ]
         return torch.cat(blocks)  # (batch, tgt_len, src_len)
 
-    def _energies(self, summed: torch.Tensor) -> torch.Tensor:
+    def _energies(self, summed: torch.Tensor, via_sigmoid: bool) -> torch.Tensor:
         """summed (rows, tgt_len, src_len, attention_size), overwritten -> (rows, tgt_len, src_len)."""
         v = self.energy.weight.squeeze(0).to(summed.dtype)  # (attention_size,)
-        if summed.dtype == torch.float32:
-            return torch.matmul(summed.mul_(2).sigmoid_(), 2 * v)
+        if via_sigmoid:
+            return torch.matmul(summed.sigmoid_(), 2 * v)
         return torch.matmul(summed.tanh_(), v)
 
 

@@ -6,7 +6,7 @@ memory; the attentional vector `tanh(W [s_t; context_t])` goes to the output pro
 attention the final encoder state, through the bridge, is all the decoder knows of the source.
 
 Search talks to it only through `step(prev_tokens, state) -> (log_probs, state)` and
-`DecoderState`'s row moves: `reorder`, `expand_beams` and `select_sentences`.
+`DecoderState`'s row moves: `reorder` and `select_sentences`.
 """
 
 from __future__ import annotations
@@ -41,22 +41,17 @@ class DecoderState:
     def reorder(self, index: torch.Tensor, same_sources: bool = False) -> "DecoderState":
         """A state whose row i is this state's row index[i] (search reselects rows).
 
-        `same_sources`: the caller promises that row index[i] belongs to the same sentence as
-        row i (beam search choosing among a sentence's beams), so memory, keys and mask stay.
-        Otherwise every row is a sentence of its own (beams == 1) and they move with it.
+        `same_sources`: the caller promises that the new rows are each sentence's beams in turn
+        (len(index) / sentences of them) and that row index[i] belongs to row i's sentence, as
+        when beam search chooses among a sentence's beams or gives each sentence its beams. Then
+        memory, keys and mask stay as they are. Otherwise every row is a sentence of its own
+        (beams == 1) and they move with it.
         """
         if same_sources:
-            return self._with_rows(index, self.memory, self.keys, self.src_mask, self.beams)
+            return self._with_rows(index, self.memory, self.keys, self.src_mask, index.numel() // self.memory.size(0))
         if self.beams != 1:
             raise ValueError("rows of a beam state move within their sentence (same_sources) or by sentence (select_sentences)")
         return self.select_sentences(index)
-
-    def expand_beams(self, beams: int) -> "DecoderState":
-        """Every row (a sentence) becomes `beams` consecutive rows that share its memory."""
-        if self.beams != 1:
-            raise ValueError(f"this state already has {self.beams} beams per sentence")
-        rows = torch.arange(self.hidden.h.size(1), device=self.memory.device).repeat_interleave(beams)
-        return self._with_rows(rows, self.memory, self.keys, self.src_mask, beams)
 
     def select_sentences(self, sentences: torch.Tensor) -> "DecoderState":
         """Keep these sentences, in this order, with all their rows."""

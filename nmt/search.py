@@ -1,7 +1,7 @@
 """Greedy and beam search over the decoding protocol of DESIGN.md.
 
 Only `model.encode`, `model.init_decoder`, `model.decoder.step` and the state's row moves
-(`reorder`, `expand_beams`, `select_sentences`) are used, so every cell and attention kind decodes
+(`reorder`, `select_sentences`) are used, so every cell and attention kind decodes
 with this code. A sentence's beams share one copy of its encoder memory.
 Both searches run a whole batch of sentences at once (one `step` call per time step) and drop
 sentences from the batch as they finish.
@@ -130,7 +130,7 @@ def beam_search(model, src: torch.Tensor, src_lengths: torch.Tensor, options: Se
     beams = _Beams.start(model, src, src_lengths, options)
     for t in range(int(beams.max_lens.max())):
         log_probs, beams.state = model.decoder.step(beams.prev_tokens, beams.state)  # (rows, vocab)
-        _restrict_eos(log_probs, t, options.min_len, beams.max_lens[beams.live].repeat_interleave(options.beam_size))
+        _restrict_eos(log_probs, t, options.min_len, beams.max_lens[beams.live].repeat_interleave(beams.width))
         beams.expand(log_probs)
         if not beams.prune(t):
             break
@@ -156,44 +156,51 @@ def _hypothesis(
 
 
 class _Beams:
-    """The live part of a beam search: `live` sentences x `beam_size` beams, as rows."""
+    """The live part of a beam search: `live` sentences x `width` beams, as rows. The search
+    starts from one beam per sentence (its bos), so the first step decodes one row per sentence,
+    not beam_size copies of it; from the first expansion on every sentence has beam_size."""
 
     def __init__(self, state, max_lens: torch.Tensor, batch_size: int, src_len: int, options: SearchOptions) -> None:
-        device, k = max_lens.device, options.beam_size
+        device = max_lens.device
         self.options = options
         self.state = state
         self.max_lens = max_lens  # (batch,) for every original sentence
         self.live = torch.arange(batch_size, device=device)  # original index of each live sentence
-        # Only beam 0 is real at the start, so the first step expands one hypothesis, not k copies.
-        self.scores = torch.full((batch_size, k), -math.inf, device=device)  # (live, k) log-probs
-        self.scores[:, 0] = 0.0
-        self.history = torch.empty(batch_size * k, 0, dtype=torch.long, device=device)  # (rows, t)
-        self.attention = torch.empty(batch_size * k, 0, src_len, device=device) if options.return_attention else None
-        self.prev_tokens = torch.full((batch_size * k,), BOS_ID, dtype=torch.long, device=device)
+        self.scores = torch.zeros(batch_size, 1, device=device)  # (live, width) log-probs
+        self.history = torch.empty(batch_size, 0, dtype=torch.long, device=device)  # (rows, t)
+        self.attention = torch.empty(batch_size, 0, src_len, device=device) if options.return_attention else None
+        self.prev_tokens = torch.full((batch_size,), BOS_ID, dtype=torch.long, device=device)
         self.finished: list[list[Hypothesis]] = [[] for _ in range(batch_size)]
         # The nbest-th best finished score of every sentence (-inf until it has nbest).
         self.nbest_score = torch.full((batch_size,), -math.inf, device=device)
 
     @classmethod
     def start(cls, model, src: torch.Tensor, src_lengths: torch.Tensor, options: SearchOptions) -> "_Beams":
-        """Encode once, then give every sentence beam_size rows of the same decoder state."""
-        state = model.init_decoder(model.encode(src, src_lengths)).expand_beams(options.beam_size)
+        """Encode once; every sentence starts as one row."""
+        state = model.init_decoder(model.encode(src, src_lengths))
         max_lens = max_output_lengths(src_lengths, options.max_len_a, options.max_len_b, options.max_len_cap)
         return cls(state, max_lens.to(src.device), src.size(0), src.size(1), options)
+
+    @property
+    def width(self) -> int:
+        """Beams per live sentence: 1 before the first expansion, then beam_size."""
+        return self.scores.size(1)
 
     def expand(self, log_probs: torch.Tensor) -> None:
         """Extend every beam by every token, keep the k best continuations of each sentence, and
         finish the hypotheses that end in eos among the k best candidates."""
-        k, vocab = self.options.beam_size, log_probs.size(-1)
+        k, width, vocab = self.options.beam_size, self.width, log_probs.size(-1)
         live = len(self.live)
-        candidates = (self.scores.unsqueeze(-1) + log_probs.view(live, k, vocab)).view(live, k * vocab)
+        candidates = (self.scores.unsqueeze(-1) + log_probs.view(live, width, vocab)).view(live, width * vocab)
+        if candidates.size(1) < 2 * k:  # a vocabulary smaller than 2k: pad with impossible candidates
+            candidates = torch.nn.functional.pad(candidates, (0, 2 * k - candidates.size(1)), value=-math.inf)
         top_scores, top_ids = candidates.topk(2 * k, dim=1)  # (live, 2k): at least k do not end
-        top_beams, top_tokens = top_ids // vocab, top_ids % vocab
+        top_beams, top_tokens = (top_ids // vocab).clamp(max=width - 1), top_ids % vocab
         is_eos = top_tokens == EOS_ID
         step_attention = self.state.attention_weights
         ending = (is_eos[:, :k] & top_scores[:, :k].isfinite()).nonzero().tolist()
         for i, j in ending:
-            row = i * k + int(top_beams[i, j])
+            row = i * width + int(top_beams[i, j])
             attention = None
             if self.attention is not None and step_attention is not None:
                 attention = torch.cat([self.attention[row], step_attention[row : row + 1].float()])
@@ -203,8 +210,8 @@ class _Beams:
         # The k best candidates that do not end continue, best first.
         keep = torch.sort(is_eos.to(torch.int8), dim=1, stable=True).indices[:, :k]  # (live, k)
         self.scores = top_scores.gather(1, keep)
-        parent_rows = (torch.arange(live, device=keep.device) * k).unsqueeze(1) + top_beams.gather(1, keep)
-        parent_rows = parent_rows.view(-1)
+        parent_rows = (torch.arange(live, device=keep.device) * width).unsqueeze(1) + top_beams.gather(1, keep)
+        parent_rows = parent_rows.view(-1)  # (live * k,)
         self.state = self.state.reorder(parent_rows, same_sources=True)  # parents are the sentence's own beams
         self.prev_tokens = top_tokens.gather(1, keep).view(-1)
         self.history = torch.cat([self.history[parent_rows], self.prev_tokens.unsqueeze(1)], dim=1)

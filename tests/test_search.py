@@ -21,18 +21,22 @@ NEVER = -1e4  # pad, unk and bos are never produced
 
 @dataclass
 class ToyState:
-    rows: torch.Tensor
-    beams: int = 1
+    rows: torch.Tensor  # the sentence of every row
+    sentences: int
     attention_weights: None = None
 
-    def reorder(self, index: torch.Tensor, same_sources: bool = False) -> "ToyState":
-        return ToyState(self.rows[index], self.beams)
+    @property
+    def beams(self) -> int:
+        return self.rows.numel() // self.sentences
 
-    def expand_beams(self, beams: int) -> "ToyState":
-        return ToyState(self.rows.repeat_interleave(beams), beams)
+    def reorder(self, index: torch.Tensor, same_sources: bool = False) -> "ToyState":
+        if same_sources:
+            return ToyState(self.rows[index], self.sentences)
+        assert self.beams == 1
+        return ToyState(self.rows[index], index.numel())
 
     def select_sentences(self, sentences: torch.Tensor) -> "ToyState":
-        return ToyState(self.rows.view(-1, self.beams)[sentences].view(-1), self.beams)
+        return ToyState(self.rows.view(-1, self.beams)[sentences].view(-1), sentences.numel())
 
 
 class TableDecoder:
@@ -53,7 +57,7 @@ class ToyModel:
         return src
 
     def init_decoder(self, encoded):
-        return ToyState(torch.arange(encoded.size(0)))
+        return ToyState(torch.arange(encoded.size(0)), encoded.size(0))
 
 
 def table_from(rows: dict[int, dict[int, float]]) -> torch.Tensor:

@@ -52,16 +52,16 @@ def test_input_feeding_loop_matches_the_stack_path_with_gradients(cell):
 @pytest.mark.parametrize("attention", ["bahdanau", "luong_general", "luong_dot"])
 @pytest.mark.parametrize("input_feeding", [True, False])
 def test_beams_share_their_sentences_memory_and_decode_as_copies_of_it_would(attention, input_feeding):
-    """Beam search's rows share one copy of their sentence's memory (expand_beams, reorders
-    within a sentence, select_sentences); every step gives what one row per copy gives."""
+    """Beam search's rows share one copy of their sentence's memory (given their beams, chosen
+    among them, sentences selected); every step gives what one row per copy of it gives."""
     model = small_model(attention=attention, input_feeding=input_feeding)
     src, lengths = random_batch([5, 3, 8])
     tokens = [torch.tensor(row) for row in ([4, 5, 6, 7, 8, 9], [7, 7, 4, 5, 6, 6], [5, 9, 8, 4, 4, 7])]
     within = torch.tensor([1, 1, 3, 2, 4, 5])  # each row takes a beam of its own sentence
     with torch.no_grad():
         start = model.init_decoder(model.encode(src, lengths))
-        shared = start.expand_beams(2)
-        copied = start.reorder(torch.tensor([0, 0, 1, 1, 2, 2]))
+        shared = start.reorder(torch.tensor([0, 0, 1, 1, 2, 2]), same_sources=True)  # two beams each
+        copied = start.reorder(torch.tensor([0, 0, 1, 1, 2, 2]))  # a sentence per row
         assert shared.memory is start.memory and shared.keys is start.keys
         steps = [
             lambda state: state.reorder(within, same_sources=True),
