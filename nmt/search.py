@@ -198,15 +198,16 @@ class _Beams:
         top_beams, top_tokens = (top_ids // vocab).clamp(max=width - 1), top_ids % vocab
         is_eos = top_tokens == EOS_ID
         step_attention = self.state.attention_weights
-        ending = (is_eos[:, :k] & top_scores[:, :k].isfinite()).nonzero().tolist()
-        for i, j in ending:
-            row = i * width + int(top_beams[i, j])
+        sentence, column = (is_eos[:, :k] & top_scores[:, :k].isfinite()).nonzero().unbind(1)
+        ending_rows = sentence * width + top_beams[sentence, column]  # the rows whose next token is eos
+        # One conversion to Python per step, not one per hypothesis.
+        for row, sentence_id, tokens, log_prob in zip(ending_rows.tolist(), self.live[sentence].tolist(),
+                                                      self.history[ending_rows].tolist(),
+                                                      top_scores[sentence, column].tolist()):  # fmt: skip
             attention = None
             if self.attention is not None and step_attention is not None:
                 attention = torch.cat([self.attention[row], step_attention[row : row + 1].float()])
-            tokens = self.history[row].tolist()
-            hypothesis = _hypothesis(tokens, float(top_scores[i, j]), attention, self.options)
-            self._add_finished(int(self.live[i]), hypothesis)
+            self._add_finished(sentence_id, _hypothesis(tokens, log_prob, attention, self.options))
         # The k best candidates that do not end continue, best first.
         keep = torch.sort(is_eos.to(torch.int8), dim=1, stable=True).indices[:, :k]  # (live, k)
         self.scores = top_scores.gather(1, keep)
