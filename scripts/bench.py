@@ -9,7 +9,7 @@ Rows (each measured in this run, never copied from an earlier one):
   process's peak resident memory, in fp32 and bf16, and the share of the matmul peak reached;
 - translation (with `--run RUN`, a trained reference model): the whole `nmt-translate` command on
   the 1,000 test2016 sentences, greedy and beam 5, fp32 / bf16 / int8, sentences/s and BLEU;
-- `--baseline REV`: the same training rows for a git revision (its own worktree), run alternately
+- `--baseline REV`: the same training and translation rows for a git revision (its own worktree), run alternately
   with ours, so a change's speed-up is a ratio from one run;
 - `--peers`: ../shared/peers' JoeyNMT and OpenNMT-py throughput checks, in the same run.
 
@@ -205,13 +205,16 @@ def _peak_rss_kib(pid: int) -> int:
 
 
 # --- translation -----------------------------------------------------------------------------------
-def run_translation(run: Path, label: str, options: list[str], source: Path, reference: Path, python: str) -> TranslateResult:
-    """The whole `nmt-translate` command (start-up and model loading included), as the peers time theirs."""
+def run_translation(tree: Path, run: Path, label: str, options: list[str], source: Path, reference: Path,
+                    python: str) -> TranslateResult:  # fmt: skip
+    """The whole `nmt-translate` command of the tree (start-up and model loading included), as the
+    peers time theirs."""
     with tempfile.TemporaryDirectory(prefix="nmt-bench-") as tmp:
         output = Path(tmp) / "hyp"
         command = [python, "-m", "nmt.translate", str(run), "-i", str(source), "-o", str(output), "--no-progress", *options]
         started = time.perf_counter()
-        result = subprocess.run(["/usr/bin/time", "-f", "%M", *command], cwd=ROOT, capture_output=True, text=True)
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        result = subprocess.run(["/usr/bin/time", "-f", "%M", *command], cwd=tree, env=env, capture_output=True, text=True)
         seconds = time.perf_counter() - started
         if result.returncode != 0:
             raise RuntimeError(f"{label}: nmt-translate failed:\n{result.stderr[-2000:]}")
@@ -264,10 +267,10 @@ def markdown(bench: Bench) -> str:
         f"MFLOP per target token to train, {bench.model['translate_mflops_per_hyp_token']:.1f} to translate; "
         f"batches of {bench.model['real_tgt_tokens_per_batch']:,.0f} real target tokens (train.batch_tokens="
         f"{bench.model['batch_tokens']}, train.batching={bench.model.get('batching', 'length')})",
-        "",
-        "| training (reference model) | target tok/s | vs first row | peak RSS | share of matmul peak |",
-        "| --- | ---: | ---: | ---: | ---: |",
     ]
+    if bench.train or bench.peers:
+        lines += ["", "| training (reference model) | target tok/s | vs first row | peak RSS | share of matmul peak |",
+                  "| --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
     base = bench.train[0].tokens_per_s if bench.train else 1.0
     for row in bench.train:
         share = f"{100 * row.matmul_share:.1f} %" if row.matmul_share is not None else ""
@@ -352,10 +355,13 @@ def main() -> int:
                 "greedy-bf16": ["--beam", "1", "--precision", "bf16"], "beam5-bf16": ["--beam", "5", "--precision", "bf16"],
                 "greedy-int8": ["--beam", "1", "--quantize", "int8"], "beam5-int8": ["--beam", "5", "--quantize", "int8"],
             }  # fmt: skip
-            for name in args.translate:
-                result = run_translation(args.run, name, settings[name], source, reference, python)
-                log.info("%s", result)
-                bench.translate.append(result)
+            for name in args.translate:  # ours and the baseline alternately, setting by setting
+                for _ in range(args.rounds):
+                    for tree_name, tree in trees:
+                        label = name if tree == ROOT else f"{name}, {tree_name}"
+                        result = run_translation(tree, args.run.resolve(), label, settings[name], source, reference, python)
+                        log.info("%s", result)
+                        bench.translate.append(result)
     if args.baseline:  # the baseline's worktree is the bench's own: remove it
         subprocess.run(["git", "worktree", "remove", "--force", str(trees[1][1])], cwd=ROOT, capture_output=True)
     args.out.mkdir(parents=True, exist_ok=True)
