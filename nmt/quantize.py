@@ -1,14 +1,13 @@
 """int8 translation: dynamic quantization of the decoder's recurrent cells and the linear layers.
 
-Weights are stored as int8 (per output row scales); activations are quantized on the fly, batch
-by batch, so no calibration data is needed. The decoder's cells run their two matrix products
-(input and recurrent) through int8 twins of their weights (`Cell.int8`); every `nn.Linear`
-(attention, combination, output projection, bridge) but Bahdanau's one-output v is replaced by torch's
-dynamic int8 Linear.
-The encoder's stack, when torch has an int8 kernel for its kind (lstm, gru), runs torch's
-dynamic int8 LSTM / GRU on a copy of its weights; other kinds keep their float kernel (the encoder
-runs once per sentence, not once per beam and step). For CPU translation only: training and
-gradients need the float weights.
+Weights are stored as int8 (one scale per weight matrix); activations are quantized on the fly,
+batch by batch, so no calibration data is needed. The decoder's cells run their two matrix
+products (input and recurrent) through int8 twins of their weights (`Cell.int8`); every
+`nn.Linear` (attention, combination, output projection, bridge) except Bahdanau's one-output v is
+replaced by torch's dynamic int8 Linear. The encoder's stack, when torch has an int8 kernel for
+its kind (lstm, gru), runs torch's dynamic int8 LSTM / GRU on a copy of its weights; other kinds
+keep their float kernel (the encoder runs once per sentence, not once per beam and step). For CPU
+translation only: training and gradients need the float weights.
 """
 
 from __future__ import annotations

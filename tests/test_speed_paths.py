@@ -141,6 +141,9 @@ def test_int8_replaces_the_decoders_products(trained_run):
         after = search(model, src, lengths, SearchOptions(beam_size=1))[0][0]
     assert all(cell.int8 is not None for cell in model.decoder.rnn.cells)
     assert "quantized" in type(model.decoder.output).__module__  # torch's dynamic int8 Linear
+    assert "quantized" in type(model.decoder.attention.query_proj).__module__
+    # Bahdanau's one-output v stays float: quantizing its large input would cost more than it saves.
+    assert type(model.decoder.attention.energy) is torch.nn.Linear
     assert abs(after.log_prob - before.log_prob) < 0.5 * max(1.0, abs(before.log_prob))
 
 
