@@ -38,9 +38,9 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     encoder_stack = model.encoder.rnn
     if encoder_stack.kind in ("lstm", "gru"):
         float_kernel = encoder_stack.fused_module()
-        encoder_stack.int8_kernel = (
-            torch.ao.quantization.quantize_dynamic(float_kernel, {type(float_kernel)}, dtype=torch.qint8),
-        )
+        # quantize_dynamic swaps a module's children, never the module it is given: wrap it.
+        wrapped = torch.ao.quantization.quantize_dynamic(nn.Sequential(float_kernel), {type(float_kernel)}, dtype=torch.qint8)
+        encoder_stack.int8_kernel = (wrapped[0],)
     decoder = model.decoder
     for cell in decoder.rnn.cells:
         cell.int8 = (_int8_linear(cell.weight_ih, cell.bias_ih), _int8_linear(cell.weight_hh, cell.bias_hh))

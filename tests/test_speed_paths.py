@@ -140,6 +140,8 @@ def test_int8_replaces_the_decoders_products(trained_run):
         quantize_int8(model)
         after = search(model, src, lengths, SearchOptions(beam_size=1))[0][0]
     assert all(cell.int8 is not None for cell in model.decoder.rnn.cells)
+    # The encoder runs torch's int8 LSTM (a float copy of it was once returned unquantized).
+    assert "quantized" in type(model.encoder.rnn.int8_kernel[0]).__module__
     assert "quantized" in type(model.decoder.output).__module__  # torch's dynamic int8 Linear
     assert "quantized" in type(model.decoder.attention.query_proj).__module__
     # Bahdanau's one-output v stays float: quantizing its large input would cost more than it saves.
