@@ -107,6 +107,11 @@ class Decoder(nn.Module):
         self.output = nn.Linear(self.attentional_size, vocab_size)
         if tie_embeddings:
             self.output.weight = self.embed.weight
+        # Search's tables for the first layer's input (_search_first_input), made once per set of
+        # weights; and, set by nmt.quantize, an int8 twin of that input's feed half (in tuples:
+        # neither is a weight of the model).
+        self._search_tables: tuple | None = None
+        self.int8_feed: tuple[nn.Module] | None = None
 
     @property
     def fused(self) -> bool:
@@ -173,10 +178,13 @@ class Decoder(nn.Module):
     def step(self, prev_tokens: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
         """One decoding step for search: prev_tokens (batch,) -> log_probs (batch, vocab), state."""
         if self.input_feeding:
-            embedded = self.dropout(self.embed(prev_tokens))  # (batch, embed_dim)
-            first = self.rnn.cells[0]
-            # The first layer reads [embedding; last attentional vector]: one product for both.
-            projected = first.project_input(torch.cat([embedded, state.attentional.to(embedded.dtype)], dim=-1))
+            if self.training or torch.is_grad_enabled() or torch.is_autocast_enabled(prev_tokens.device.type):
+                embedded = self.dropout(self.embed(prev_tokens))  # (batch, embed_dim)
+                # The first layer reads [embedding; last attentional vector]: one product for both.
+                attentional = state.attentional.to(embedded.dtype)
+                projected = self.rnn.cells[0].project_input(torch.cat([embedded, attentional], dim=-1))
+            else:
+                projected = self._search_first_input(prev_tokens, state.attentional)
             hidden = state.hidden
             c = None if hidden.c is None else list(hidden.c.unbind(0))
             attentional, h, c, weights = self._feeding_step(projected, list(hidden.h.unbind(0)), c, state)
@@ -187,6 +195,26 @@ class Decoder(nn.Module):
             attentional = attentional.squeeze(1)
         logits = self.output(attentional)  # (batch, vocab)
         return torch.log_softmax(logits.float(), dim=-1), state
+
+    def _search_first_input(self, prev_tokens: torch.Tensor, attentional: torch.Tensor) -> torch.Tensor:
+        """W_x [embed(y); attentional] + b_x, the first layer's input projection at a search step
+        (no gradients, no dropout): the embedding half is looked up in a table of every target
+        piece's projection, so a step multiplies only the attentional half (a seventh of a beam
+        step's products for the reference model). The table is remade when the weights change."""
+        first = self.rnn.cells[0]
+        embed_dim = self.embed.embedding_dim
+        weights = (self.embed.weight, first.weight_ih, first.bias_ih)
+        key = tuple((weight.data_ptr(), weight._version) for weight in weights)
+        if self._search_tables is None or self._search_tables[0] != key:
+            weight_ih = first.weight_ih.detach()
+            table = nn.functional.linear(self.embed.weight.detach(), weight_ih[:, :embed_dim], first.bias_ih.detach())
+            self._search_tables = (key, table, weight_ih[:, embed_dim:].contiguous())  # table: (vocab, blocks * hidden)
+        _, table, feed_weight = self._search_tables
+        if self.int8_feed is not None:
+            feed = self.int8_feed[0](attentional)
+        else:
+            feed = nn.functional.linear(attentional, feed_weight)
+        return table.index_select(0, prev_tokens) + feed  # (batch, blocks * hidden)
 
     # --- input feeding: one step at a time, straight through the cells -------------------------
     # Each step needs the previous step's output, so torch's sequence kernels cannot run the

@@ -44,6 +44,9 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     decoder = model.decoder
     for cell in decoder.rnn.cells:
         cell.int8 = (_int8_linear(cell.weight_ih, cell.bias_ih), _int8_linear(cell.weight_hh, cell.bias_hh))
+    if decoder.input_feeding:  # search looks the embedding half up in a float table (Decoder.step)
+        feed_weight = decoder.rnn.cells[0].weight_ih[:, decoder.embed.embedding_dim :]
+        decoder.int8_feed = (_int8_linear(feed_weight.detach(), None),)
     for module in (decoder, model.bridge):
         # A linear layer with one output (Bahdanau's v) stays float: quantizing its input, the
         # largest tensor of a step, would cost more than the product itself.

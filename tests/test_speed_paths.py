@@ -205,3 +205,29 @@ def test_the_packed_decoder_drops_ended_sentences_and_changes_nothing(input_feed
     assert packed_grads.keys() == padded_grads.keys()
     for name in packed_grads:
         torch.testing.assert_close(packed_grads[name], padded_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_search_steps_project_the_embedding_from_a_table_that_follows_the_weights():
+    """Decoder.step looks the first layer's embedding half up in a table made from the weights;
+    it must give the teacher-forced logits, also after the weights change (as in training)."""
+    model = small_model()
+    src, lengths = random_batch([5, 3, 8])
+    tgt_in = torch.tensor([[2, 7], [2, 5], [2, 9]])
+
+    def step_and_forced():
+        with torch.no_grad():
+            state = model.init_decoder(model.encode(src, lengths))
+            first, state = model.decoder.step(tgt_in[:, 0], state)
+            second, _ = model.decoder.step(tgt_in[:, 1], state)
+            forced = model(src, lengths, tgt_in).log_softmax(-1)
+        return torch.stack([first, second], dim=1), forced
+
+    stepped, forced = step_and_forced()
+    torch.testing.assert_close(stepped, forced, atol=1e-5, rtol=1e-5)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for weight in (model.decoder.rnn.cells[0].weight_ih, model.decoder.embed.weight):
+            weight.add_(torch.randn(weight.shape, generator=generator))
+    moved, forced_moved = step_and_forced()
+    assert (moved - stepped).abs().max() > 1e-3  # the change shows
+    torch.testing.assert_close(moved, forced_moved, atol=1e-5, rtol=1e-5)
