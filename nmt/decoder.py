@@ -178,7 +178,7 @@ class Decoder(nn.Module):
     def step(self, prev_tokens: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
         """One decoding step for search: prev_tokens (batch,) -> log_probs (batch, vocab), state."""
         if self.input_feeding:
-            if self.training or torch.is_grad_enabled() or torch.is_autocast_enabled(prev_tokens.device.type):
+            if not self._search_table_pays(prev_tokens.device):
                 embedded = self.dropout(self.embed(prev_tokens))  # (batch, embed_dim)
                 # The first layer reads [embedding; last attentional vector]: one product for both.
                 attentional = state.attentional.to(embedded.dtype)
@@ -195,6 +195,13 @@ class Decoder(nn.Module):
             attentional = attentional.squeeze(1)
         logits = self.output(attentional)  # (batch, vocab)
         return torch.log_softmax(logits.float(), dim=-1), state
+
+    def _search_table_pays(self, device: torch.device) -> bool:
+        """The table serves search only (no gradients, no dropout, no autocast), and only while it
+        stays small: vocab x 4 * hidden floats, 32 MB for the reference model."""
+        if self.training or torch.is_grad_enabled() or torch.is_autocast_enabled(device.type):
+            return False
+        return self.embed.num_embeddings * self.rnn.cells[0].weight_ih.size(0) <= _SEARCH_TABLE_FLOATS
 
     def _search_first_input(self, prev_tokens: torch.Tensor, attentional: torch.Tensor) -> torch.Tensor:
         """W_x [embed(y); attentional] + b_x, the first layer's input projection at a search step
@@ -364,6 +371,10 @@ class _StepProducts:
             combine=DeferredLinear(decoder.combine.weight, decoder.combine.bias),
         )
 
+
+# The largest first-layer table search keeps (floats): 64 MB; beyond it a step multiplies the
+# embeddings as training does.
+_SEARCH_TABLE_FLOATS = 1 << 24
 
 # A stage ends when fewer than this share of its rows are still running. Not critical: 0.5 / 0.8 /
 # 0.95 trained random batches at 870 / 855 / 888 target tokens/s (alternated in one process).

@@ -207,9 +207,13 @@ def test_the_packed_decoder_drops_ended_sentences_and_changes_nothing(input_feed
         torch.testing.assert_close(packed_grads[name], padded_grads[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
-def test_search_steps_project_the_embedding_from_a_table_that_follows_the_weights():
-    """Decoder.step looks the first layer's embedding half up in a table made from the weights;
-    it must give the teacher-forced logits, also after the weights change (as in training)."""
+@pytest.mark.parametrize("table_fits", [True, False])
+def test_search_steps_project_the_embedding_from_a_table_that_follows_the_weights(table_fits, monkeypatch):
+    """Decoder.step looks the first layer's embedding half up in a table made from the weights
+    (when the table is small enough); it must give the teacher-forced logits, also after the
+    weights change (as in training)."""
+    if not table_fits:
+        monkeypatch.setattr("nmt.decoder._SEARCH_TABLE_FLOATS", 0)
     model = small_model()
     src, lengths = random_batch([5, 3, 8])
     tgt_in = torch.tensor([[2, 7], [2, 5], [2, 9]])
@@ -223,6 +227,7 @@ def test_search_steps_project_the_embedding_from_a_table_that_follows_the_weight
         return torch.stack([first, second], dim=1), forced
 
     stepped, forced = step_and_forced()
+    assert (model.decoder._search_tables is not None) == table_fits
     torch.testing.assert_close(stepped, forced, atol=1e-5, rtol=1e-5)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
