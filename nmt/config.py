@@ -172,6 +172,9 @@ class TrainConfig:
     lr_decay_factor: float = 0.5
     lr_patience: int = 2
     min_lr: float = 1e-5
+    # Or: the rate falls linearly to min_lr over this last share of the budget (max_steps,
+    # max_minutes or max_epochs, whichever ends first; nmt/schedule.py). 0 keeps it off.
+    lr_anneal: float = 0.0
     # Stop at whichever comes first (0 disables a limit).
     max_epochs: int = 20
     max_steps: int = 0
@@ -206,6 +209,12 @@ class TrainConfig:
         _check(
             0.0 < self.lr_decay_factor <= 1.0,
             f"train.lr_decay_factor={self.lr_decay_factor} must be in (0, 1]",
+        )
+        _check(0.0 <= self.lr_anneal <= 1.0, f"train.lr_anneal={self.lr_anneal} must be in [0, 1] (0 turns it off)")
+        _check(
+            not (self.lr_anneal and self.lr_decay_factor < 1.0),
+            f"train.lr_anneal={self.lr_anneal} and train.lr_decay_factor={self.lr_decay_factor} both lower the"
+            " learning rate: set train.lr_decay_factor=1.0 to anneal over the budget, or train.lr_anneal=0",
         )
         _check(
             0.0 <= self.average_decay < 1.0,

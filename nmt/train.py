@@ -29,6 +29,7 @@ from nmt.evaluate import bleu
 from nmt.loss import sequence_loss
 from nmt.model import Seq2Seq, build_model, count_parameters
 from nmt.precision import autocast, resolve_precision
+from nmt.schedule import annealed_lr, budget_used
 from nmt.search import SearchOptions
 from nmt.tokenizer import Tokenizer
 from nmt.translate import Translator, resolve_device
@@ -205,6 +206,8 @@ class Trainer:
             disable=None, dynamic_ncols=True, leave=False,
         ) as bar:  # fmt: skip
             for indices in batches[progress.batch_in_epoch :]:
+                if cfg.lr_anneal:
+                    self._set_lr(progress.epoch + progress.batch_in_epoch / len(batches))
                 loss_sum, tokens = self._train_step(indices)
                 progress.step += 1
                 progress.batch_in_epoch += 1
@@ -220,6 +223,16 @@ class Trainer:
                     self._validate_and_save()
                 elif cfg.save_every and progress.step % cfg.save_every == 0:
                     self.save()
+
+    def _set_lr(self, epoch_progress: float) -> None:
+        """The annealed rate of the coming update, from the budget spent so far (so a resumed run
+        continues the same fall)."""
+        cfg, progress = self.train_config, self.progress
+        used = budget_used(
+            progress.step, progress.train_seconds, epoch_progress, cfg.max_steps, cfg.max_minutes, cfg.max_epochs
+        )
+        for group in self.optimizer.param_groups:
+            group["lr"] = annealed_lr(cfg.lr, cfg.min_lr, cfg.lr_anneal, used)
 
     def _train_step(self, indices: list[int]) -> tuple[float, int]:
         self.model.train()

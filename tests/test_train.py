@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from nmt.checkpoint import load_checkpoint
-from nmt.config import Config, DataConfig, DecoderConfig, EncoderConfig, ModelConfig, TokenizerConfig, TrainConfig
-from nmt.train import run_training
+from nmt.config import Config, ConfigError, DataConfig, DecoderConfig, EncoderConfig, ModelConfig, TokenizerConfig, TrainConfig
+from nmt.train import Trainer, run_training
 
 from conftest import PAIRS, write_lines
 
@@ -226,3 +226,27 @@ def test_the_average_follows_its_formula():
             torch.testing.assert_close(p.detach(), s + 0.9)
     for p, t in zip(model.parameters(), trained):
         assert torch.equal(p.detach(), t)
+
+
+def test_an_annealed_rate_falls_to_min_lr_and_resumes_on_the_same_fall(text_corpus, tmp_path, monkeypatch):
+    options = dict(max_steps=12, lr_decay_factor=1.0, lr_anneal=0.5, min_lr=1e-4)
+    straight = tmp_path / "straight"
+    run_training(tiny_config(text_corpus, **options), straight)
+    last = load_checkpoint(straight / "checkpoints" / "last.pt")
+    # The 12th update ran with 11/12 of the budget spent: 5/6 of the way down from 0.003 to 1e-4.
+    assert last["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.003 + (1e-4 - 0.003) * 5 / 6)
+
+    interrupted = tmp_path / "interrupted"
+    with monkeypatch.context() as patch:  # a run that stops after its 7th update, mid-fall
+        patch.setattr(Trainer, "_limit_reached", lambda self: self.progress.step >= 7)
+        run_training(tiny_config(text_corpus, **options), interrupted)
+    progress = run_training(tiny_config(text_corpus, **options, resume=str(interrupted)), interrupted)
+    assert progress.step == 12
+    resumed = load_checkpoint(interrupted / "checkpoints" / "last.pt")
+    for name, weight in last["model"].items():
+        torch.testing.assert_close(weight, resumed["model"][name], msg=name)
+
+
+def test_annealing_and_plateau_decay_together_are_refused():
+    with pytest.raises(ConfigError, match="lr_decay_factor=1.0"):
+        TrainConfig(lr_anneal=0.3, lr_decay_factor=0.5)
