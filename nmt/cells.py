@@ -27,6 +27,17 @@ _GATE_BLOCKS = {"lstm": 4, "peephole": 4, "cifg": 3, "gru": 3, "rnn": 1}
 Gates = dict[str, torch.Tensor]  # gate name -> (batch, hidden) activations of one step
 
 
+def tanh_(x: torch.Tensor) -> torch.Tensor:
+    """tanh of x, in place, as 2 sigmoid(2x) - 1: torch's CPU tanh runs ~3.5x slower than its
+    sigmoid. For float32 without gradients only (the absolute error is ~1e-7)."""
+    return x.mul_(2).sigmoid_().mul_(2).sub_(1)
+
+
+def no_grad_float32(x: torch.Tensor) -> bool:
+    """True when a step may work in place and through sigmoid: no autograd, float32."""
+    return not torch.is_grad_enabled() and x.dtype == torch.float32
+
+
 class Cell(nn.Module):
     """One step of a recurrent cell; `c` is None for cells without a cell state (gru, rnn)."""
 
@@ -77,12 +88,28 @@ class Cell(nn.Module):
         `projected_h`: W_h h + b_h when the caller has made that product itself (training's
         decoder, which defers the weight gradients: nmt/deferred.py).
         """
-        gates = projected_x + self._hidden(h, projected_h)
+        hidden = self._hidden(h, projected_h)
+        if projected_h is None and not record and no_grad_float32(hidden):
+            return (*self._step_in_place(projected_x, hidden, c), {})
+        gates = projected_x + hidden
         i, f, candidate, o = gates.chunk(4, dim=-1)
         i, f, candidate, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(candidate), torch.sigmoid(o)
         c_t = f * c + i * candidate
         h_t = o * torch.tanh(c_t)
         return h_t, c_t, ({"forget": f, "input": i, "output": o} if record else {})
+
+    @staticmethod
+    def _step_in_place(
+        projected_x: torch.Tensor, gates: torch.Tensor, c: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same equations for translation, in the fresh `gates` (W_h h + b_h) tensor, with
+        tanh(x) = 2 sigmoid(2x) - 1: one sigmoid over all four blocks instead of three and a tanh."""
+        gates += projected_x  # (batch, 4 * hidden)
+        i, f, candidate, o = gates.chunk(4, dim=-1)
+        candidate.mul_(2)
+        gates.sigmoid_()
+        c_t = torch.addcmul(f * c, i, candidate.mul_(2).sub_(1))  # f * c + i * tanh(candidate)
+        return tanh_(c_t.clone()).mul_(o), c_t  # o * tanh(c_t)
 
 
 class PeepholeCell(Cell):

@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from nmt.attention import make_attention
-from nmt.cells import Gates
+from nmt.cells import Gates, no_grad_float32, tanh_
 from nmt.deferred import DeferredLinear
 from nmt.encoder import EncoderOutput, RecurrentState
 from nmt.rnn import RecurrentStack
@@ -304,7 +304,8 @@ class Decoder(nn.Module):
             combined = self.combine(features).squeeze(1)
         else:
             combined = products.combine(features.squeeze(1))
-        attentional = self.dropout(torch.tanh(combined))  # (batch, attentional_size)
+        # (batch, attentional_size); `combined` is fresh, so translation can overwrite it.
+        attentional = self.dropout(tanh_(combined) if no_grad_float32(combined) else torch.tanh(combined))
         return attentional, new_h, None if c is None else new_c, weights[:, 0]
 
     def _attend(self, rnn_output: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, torch.Tensor]:

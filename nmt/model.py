@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from nmt.bridge import Bridge
 from nmt.cells import has_cell_state, set_forget_bias
@@ -41,7 +42,37 @@ class Seq2Seq(nn.Module):
         return self.decoder.forward_packed(tgt_in, tgt_lengths.tolist(), state)
 
 
-def build_model(config: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -> Seq2Seq:
+def build_model(
+    config: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, init_weights: bool = True
+) -> Seq2Seq:
+    """`init_weights=False` leaves the weights as allocated, for a caller that loads them at once
+    (a checkpoint): drawing 13 M random numbers on torch's one-core generator cost ~0.3 s of
+    every `nmt-translate`."""
+    if not init_weights:
+        with _NoRandomInit():
+            return _build(config, src_vocab_size, tgt_vocab_size)
+    model = _build(config, src_vocab_size, tgt_vocab_size)
+    initialize(model, config.init, config.init_range)
+    if config.forget_bias is not None:
+        for cell in (*model.encoder.rnn.cells, *model.decoder.rnn.cells):
+            set_forget_bias(cell, config.forget_bias)
+    return model
+
+
+class _NoRandomInit(TorchFunctionMode):
+    """Within it, torch.nn.init's random fills (which every module constructor calls, ours and
+    torch's) return their tensor untouched. A torch function mode, not a patch: it holds for
+    this thread only and ends with the block."""
+
+    _FILLS = frozenset((nn.init.uniform_, nn.init.normal_, nn.init.kaiming_uniform_, nn.init.kaiming_normal_))
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self._FILLS:
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **(kwargs or {}))
+
+
+def _build(config: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -> Seq2Seq:
     encoder = Encoder(
         vocab_size=src_vocab_size,
         embed_dim=config.embed_dim,
@@ -71,12 +102,7 @@ def build_model(config: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -
         tie_embeddings=config.tie_embeddings,
         cell=config.decoder.cell,
     )
-    model = Seq2Seq(encoder, bridge, decoder)
-    initialize(model, config.init, config.init_range)
-    if config.forget_bias is not None:
-        for cell in (*encoder.rnn.cells, *decoder.rnn.cells):
-            set_forget_bias(cell, config.forget_bias)
-    return model
+    return Seq2Seq(encoder, bridge, decoder)
 
 
 def initialize(model: nn.Module, kind: str, init_range: float) -> None:

@@ -12,6 +12,8 @@ translation only: training and gradients need the float weights.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
@@ -21,17 +23,25 @@ QUANTIZE_KINDS = ("none", "int8")
 
 def _int8_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> DynamicInt8Linear:
     """An int8 dynamic Linear computing x W^T + b with these float weights."""
-    float_linear = nn.Linear(weight.size(1), weight.size(0), bias=bias is not None)
-    with torch.no_grad():
-        float_linear.weight.copy_(weight)
-        if bias is not None:
-            float_linear.bias.copy_(bias)
+    # Built on the meta device and handed the weights: a float Linear's random init is wasted work.
+    float_linear = nn.Linear(weight.size(1), weight.size(0), bias=bias is not None, device="meta")
+    float_linear.weight = nn.Parameter(weight.detach().contiguous(), requires_grad=False)
+    if bias is not None:
+        float_linear.bias = nn.Parameter(bias.detach(), requires_grad=False)
     float_linear.qconfig = torch.ao.quantization.default_dynamic_qconfig
     return DynamicInt8Linear.from_float(float_linear)
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:
     """Quantize a Seq2Seq in place for CPU translation and return it (in eval mode)."""
+    with warnings.catch_warnings():
+        # torch warns that its quantized tensor types are deprecated: nothing the user can act on.
+        warnings.filterwarnings("ignore", message=r".*quantiz.*deprecated", category=UserWarning)
+        warnings.filterwarnings("ignore", message=r".*quantiz.*deprecated", category=DeprecationWarning)
+        return _quantize_int8(model)
+
+
+def _quantize_int8(model: nn.Module) -> nn.Module:
     if not torch.backends.quantized.supported_engines or torch.backends.quantized.engine == "none":
         raise RuntimeError("this torch build has no quantized CPU engine; translate without --quantize")
     model.eval()

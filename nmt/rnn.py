@@ -102,9 +102,10 @@ class RecurrentStack(nn.Module):
         template = self._fused[0]
         module = type(template)(
             template.input_size, self.hidden_size, self.num_layers, batch_first=True, dropout=self.dropout,
-            bidirectional=self.num_directions == 2,
+            bidirectional=self.num_directions == 2, device="meta",  # no random init: it gets our weights
         )  # fmt: skip
-        module.load_state_dict({name: weight.detach() for name, weight in self._fused_weights().items()})
+        weights = {name: weight.detach().clone() for name, weight in self._fused_weights().items()}
+        module.load_state_dict(weights, assign=True)
         return module.eval()
 
     def _fused_weights(self) -> dict[str, torch.Tensor]:

@@ -134,7 +134,7 @@ def load_model(run_or_checkpoint: str | Path, device: str = "auto") -> tuple[Seq
     payload = load_checkpoint(path)
     config = Config.from_dict(payload["config"])
     tokenizer = Tokenizer.from_state(payload["tokenizer"])
-    model = build_model(config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
+    model = build_model(config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, init_weights=False)
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as error:

@@ -111,6 +111,24 @@ def test_every_kind_follows_its_equations(kind):
 
 
 @pytest.mark.parametrize("kind", CELL_KINDS)
+def test_a_translation_step_computes_what_a_training_step_does(kind):
+    """Without autograd an lstm step works in place and through tanh(x) = 2 sigmoid(2x) - 1
+    (nmt.cells.tanh_); it must give the training step's h and c, saturated units included."""
+    torch.manual_seed(4)
+    cell = make_cell(kind, 6, 5)
+    x, h = torch.randn(7, 6) * 3, torch.randn(7, 5)
+    c = torch.randn(7, 5) * 4 if cell.has_cell_state else None
+    projected = cell.project_input(x)
+    trained_h, trained_c, _ = cell.step(projected, h, c)
+    assert trained_h.requires_grad
+    with torch.inference_mode():
+        translated_h, translated_c, _ = cell.step(projected.detach(), h, c)
+    torch.testing.assert_close(translated_h, trained_h.detach(), atol=1e-6, rtol=1e-5)
+    if c is not None:
+        torch.testing.assert_close(translated_c, trained_c.detach(), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", CELL_KINDS)
 def test_padding_never_updates_the_state(kind):
     torch.manual_seed(2)
     stack = RecurrentStack(kind, 5, 4, num_layers=2, bidirectional=True).eval()

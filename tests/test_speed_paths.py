@@ -211,7 +211,8 @@ def test_the_packed_decoder_drops_ended_sentences_and_changes_nothing(input_feed
 def test_search_steps_project_the_embedding_from_a_table_that_follows_the_weights(table_fits, monkeypatch):
     """Decoder.step looks the first layer's embedding half up in a table made from the weights
     (when the table is small enough); it must give the teacher-forced logits, also after the
-    weights change (as in training)."""
+    weights change (as in training). Teacher forcing runs with autograd on, as in training, so
+    the steps' in-place, no-autograd arithmetic (nmt.cells.tanh_) is held to training's, too."""
     if not table_fits:
         monkeypatch.setattr("nmt.decoder._SEARCH_TABLE_FLOATS", 0)
     model = small_model()
@@ -223,7 +224,7 @@ def test_search_steps_project_the_embedding_from_a_table_that_follows_the_weight
             state = model.init_decoder(model.encode(src, lengths))
             first, state = model.decoder.step(tgt_in[:, 0], state)
             second, _ = model.decoder.step(tgt_in[:, 1], state)
-            forced = model(src, lengths, tgt_in).log_softmax(-1)
+        forced = model(src, lengths, tgt_in).log_softmax(-1).detach()
         return torch.stack([first, second], dim=1), forced
 
     stepped, forced = step_and_forced()

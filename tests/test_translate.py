@@ -10,7 +10,7 @@ from nmt.config import Config, DataConfig, DecoderConfig, EncoderConfig, ModelCo
 from nmt.model import build_model
 from nmt.search import SearchOptions, max_output_lengths, search
 from nmt.tokenizer import Tokenizer
-from nmt.translate import Translator
+from nmt.translate import Translator, load_model
 
 from conftest import PAIRS
 
@@ -31,6 +31,24 @@ def checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("run") / "checkpoints" / "best.pt"
     save_checkpoint({"config": config.to_dict(), "tokenizer": tokenizer.state(), "model": model.state_dict()}, path)
     return path
+
+
+def test_loading_gives_the_checkpoints_weights_without_drawing_random_ones(checkpoint):
+    saved = torch.load(checkpoint, weights_only=True)["model"]
+    rng = torch.get_rng_state()
+    model, _, _ = load_model(checkpoint, "cpu")
+    # Construction's random fills are skipped (they cost ~0.3 s of every start), so the generator
+    # is untouched, and every weight is the checkpoint's.
+    assert torch.equal(torch.get_rng_state(), rng)
+    loaded = model.state_dict()
+    assert loaded.keys() == saved.keys()
+    for name, weight in saved.items():
+        assert torch.equal(loaded[name], weight), name
+    # The fills are skipped only while loading: a model built afterwards is random again.
+    config = Config.from_dict(torch.load(checkpoint, weights_only=True)["config"])
+    fresh = build_model(config.model, model.encoder.embed.num_embeddings, model.decoder.embed.num_embeddings)
+    assert not torch.equal(fresh.decoder.embed.weight, model.decoder.embed.weight)
+    assert fresh.decoder.embed.weight.abs().max() <= config.model.init_range
 
 
 def test_one_output_per_input_in_order_with_empty_lines_kept(checkpoint):
