@@ -3,7 +3,9 @@
 A run with a hard budget (steps, epochs or minutes) can spend its last share at a falling rate:
 constant at `lr` until `1 - anneal` of the budget is used, then linear down to `min_lr` at the
 end (the "warmup-stable-decay" shape without warmup). Adam at a constant rate keeps jumping
-around a minimum it never settles into; the fall lets the last updates settle.
+around a minimum it never settles into; the fall lets the last updates settle. It pays only
+once the constant rate has stopped improving the model: in the 25-minute reference run it cost
+1 BLEU (README, "Training").
 """
 
 from __future__ import annotations
