@@ -12,17 +12,19 @@ translation only: training and gradients need the float weights.
 
 from __future__ import annotations
 
+import importlib
 import warnings
 
 import torch
 from torch import nn
-from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
 
 QUANTIZE_KINDS = ("none", "int8")
 
 
-def _int8_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> DynamicInt8Linear:
+def _int8_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
     """An int8 dynamic Linear computing x W^T + b with these float weights."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear  # checked by quantize_int8
+
     # Built on the meta device and handed the weights: a float Linear's random init is wasted work.
     float_linear = nn.Linear(weight.size(1), weight.size(0), bias=bias is not None, device="meta")
     float_linear.weight = nn.Parameter(weight.detach().contiguous(), requires_grad=False)
@@ -42,6 +44,15 @@ def quantize_int8(model: nn.Module) -> nn.Module:
 
 
 def _quantize_int8(model: nn.Module) -> nn.Module:
+    # torch.ao.quantization is deprecated upstream: a torch without it fails here, with a message,
+    # and only when int8 is asked for.
+    try:
+        for module in ("torch.ao.nn.quantized.dynamic", "torch.ao.quantization"):
+            importlib.import_module(module)
+    except ImportError as error:
+        raise RuntimeError(
+            f"this torch ({torch.__version__}) has no dynamic int8 quantization ({error}); translate without --quantize"
+        ) from None
     if not torch.backends.quantized.supported_engines or torch.backends.quantized.engine == "none":
         raise RuntimeError("this torch build has no quantized CPU engine; translate without --quantize")
     model.eval()

@@ -1,6 +1,9 @@
 """The fast paths (input-feeding decoder loop, beams that share their memory, bf16, int8)
 give what the plain paths give."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -147,6 +150,17 @@ def test_int8_replaces_the_decoders_products(trained_run):
     # Bahdanau's one-output v stays float: quantizing its large input would cost more than it saves.
     assert type(model.decoder.attention.energy) is torch.nn.Linear
     assert abs(after.log_prob - before.log_prob) < 0.5 * max(1.0, abs(before.log_prob))
+
+
+def test_a_torch_without_int8_quantization_refuses_only_int8(trained_run, monkeypatch):
+    """torch.ao.quantization is deprecated upstream. A torch without it must still load and
+    translate in float; only --quantize int8 fails, with a message."""
+    blocked = "torch.ao.nn.quantized.dynamic"
+    code = f"import sys, torch; sys.modules[{blocked!r}] = None; import nmt.translate, nmt.evaluate"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+    monkeypatch.setitem(sys.modules, blocked, None)
+    with pytest.raises(RuntimeError, match="no dynamic int8 quantization.*translate without --quantize"):
+        Translator.from_checkpoint(trained_run, "cpu", quantize="int8")
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
