@@ -81,21 +81,22 @@ class BahdanauAttention(Attention):
         if via_sigmoid:
             projected_query = 2 * projected_query
         keys = keys.unsqueeze(1)  # (batch, 1, src_len, attention_size)
+        # (attention_size,), made once per call, not once per block
+        v = self.energy.weight.squeeze(0).to(torch.promote_types(projected_query.dtype, keys.dtype))
+        v = 2 * v if via_sigmoid else v
         if torch.is_grad_enabled():
-            return self._energies(projected_query + keys, via_sigmoid)
+            return self._energies(projected_query + keys, v, via_sigmoid)
         rows = max(1, self._CACHE_FLOATS // (query.size(1) * keys.size(2) * keys.size(3)))
         blocks = [
-            self._energies(projected_query[start : start + rows] + keys[start : start + rows], via_sigmoid)
+            self._energies(projected_query[start : start + rows] + keys[start : start + rows], v, via_sigmoid)
             for start in range(0, query.size(0), rows)
         ]
         return torch.cat(blocks)  # (batch, tgt_len, src_len)
 
-    def _energies(self, summed: torch.Tensor, via_sigmoid: bool) -> torch.Tensor:
+    @staticmethod
+    def _energies(summed: torch.Tensor, v: torch.Tensor, via_sigmoid: bool) -> torch.Tensor:
         """summed (rows, tgt_len, src_len, attention_size), overwritten -> (rows, tgt_len, src_len)."""
-        v = self.energy.weight.squeeze(0).to(summed.dtype)  # (attention_size,)
-        if via_sigmoid:
-            return torch.matmul(summed.sigmoid_(), 2 * v)
-        return torch.matmul(summed.tanh_(), v)
+        return torch.matmul(summed.sigmoid_() if via_sigmoid else summed.tanh_(), v)
 
 
 def make_attention(kind: str, query_size: int, memory_size: int) -> Attention | None:
