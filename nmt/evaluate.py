@@ -25,6 +25,7 @@ from sacrebleu.metrics import BLEU, CHRF, TER
 from nmt.config import PRECISIONS
 from nmt.quantize import QUANTIZE_KINDS
 from nmt.search import LENGTH_PENALTIES, STOPPING_RULES, SearchOptions
+from nmt.workers import default_workers, parse_workers
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,8 @@ def evaluate_model(run_or_checkpoint: str, sources: list[str], references: list[
     options = SearchOptions(beam_size=args.beam, length_penalty=args.length_penalty, alpha=args.alpha,
                             stopping=args.stopping, max_len_a=args.max_len_a, max_len_b=args.max_len_b)  # fmt: skip
     translator = Translator.from_checkpoint(
-        checkpoint, args.device, options, args.batch_tokens, args.precision, args.quantize
+        checkpoint, args.device, options, args.batch_tokens, args.precision, args.quantize,
+        args.workers or default_workers(),
     )
     started = time.perf_counter()
     hypotheses = translator.translate(sources)
@@ -169,7 +171,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--stopping", default=SearchOptions.stopping, choices=STOPPING_RULES)
     parser.add_argument("--max-len-a", type=float, default=1.5)
     parser.add_argument("--max-len-b", type=int, default=10)
-    parser.add_argument("--batch-tokens", type=int, default=4000)
+    parser.add_argument("--batch-tokens", type=int, default=2000)
+    parser.add_argument("--workers", type=parse_workers, default=None,
+                        help="CPU processes searching side by side (default: one per core; 1: one process)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
                         help="bf16: autocast products; auto: bf16 where native")

@@ -152,7 +152,8 @@ def _hypothesis(
     tokens: list[int], log_prob: float, attention: torch.Tensor | None, options: SearchOptions
 ) -> Hypothesis:
     score = log_prob / length_penalty(len(tokens) + 1, options.length_penalty, options.alpha)
-    return Hypothesis(tokens, log_prob, score, None if attention is None else attention.cpu())
+    # A copy, not a view: a view would keep (and pickle) the whole batch's attention.
+    return Hypothesis(tokens, log_prob, score, None if attention is None else attention.to("cpu", copy=True))
 
 
 class _Beams:

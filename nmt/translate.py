@@ -28,6 +28,7 @@ from nmt.precision import autocast, resolve_precision
 from nmt.quantize import QUANTIZE_KINDS, quantize_int8
 from nmt.search import LENGTH_PENALTIES, STOPPING_RULES, Hypothesis, SearchOptions, search
 from nmt.tokenizer import Tokenizer
+from nmt.workers import can_fork, default_workers, map_in_workers, parse_workers
 
 log = logging.getLogger(__name__)
 
@@ -62,20 +63,25 @@ class Translator:
         tokenizer: Tokenizer,
         device: torch.device,
         options: SearchOptions | None = None,
-        batch_tokens: int = 4000,
+        batch_tokens: int = 2000,
         precision: str = "fp32",
+        workers: int = 1,
     ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, not {workers}")
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
         self.options = options or SearchOptions()
         self.batch_tokens = batch_tokens
         self.precision = resolve_precision(precision, device)  # a bad value fails here, not mid-translation
+        # Forked processes for the batches of one call (nmt/workers.py); CUDA cannot fork.
+        self.workers = workers if device.type == "cpu" and can_fork() else 1
 
     @classmethod
     def from_checkpoint(
         cls, run_or_checkpoint: str | Path, device: str = "auto", options: SearchOptions | None = None,
-        batch_tokens: int = 4000, precision: str = "fp32", quantize: str = "none",
+        batch_tokens: int = 2000, precision: str = "fp32", quantize: str = "none", workers: int = 1,
     ) -> "Translator":  # fmt: skip
         """`quantize="int8"`: dynamic int8 quantization for CPU translation (nmt/quantize.py)."""
         if quantize not in QUANTIZE_KINDS:
@@ -86,22 +92,36 @@ class Translator:
             if device_used.type != "cpu":
                 raise ValueError("int8 quantization runs on the CPU only; add --device cpu")
             quantize_int8(model)
-        return cls(model, tokenizer, device_used, options, batch_tokens, precision)
+        return cls(model, tokenizer, device_used, options, batch_tokens, precision, workers)
 
     def search_ids(self, src_ids: list[list[int]]) -> list[list[Hypothesis]]:
-        """Source piece ids -> hypotheses per sentence, in the order given."""
+        """Source piece ids -> hypotheses per sentence, in the order given.
+
+        The batches do not depend on `workers`, so neither do the translations."""
         results: list[list[Hypothesis]] = [[] for _ in src_ids]
-        was_training = self.model.training
-        self.model.eval()
         # +1 for the eos that collate_src appends.
         batches = token_budget_batches([len(ids) + 1 for ids in src_ids], self.batch_tokens)
-        with torch.inference_mode(), autocast(self.precision, self.device):
-            for batch in batches:
-                src, src_lengths = collate_src([src_ids[i] for i in batch])
-                for i, hypotheses in zip(batch, search(self.model, src.to(self.device), src_lengths, self.options)):
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            if self.workers > 1 and len(batches) > 1:
+                # Longest sentences first (batches come shortest first): the workers finish together.
+                tasks = [[src_ids[i] for i in batch] for batch in reversed(batches)]
+                finished = map_in_workers(self._search_batch, tasks, self.workers)
+                batch_results = ((batches[len(batches) - 1 - k], hypotheses) for k, hypotheses in finished)
+            else:
+                batch_results = ((batch, self._search_batch([src_ids[i] for i in batch])) for batch in batches)
+            for batch, hypotheses_of_batch in batch_results:
+                for i, hypotheses in zip(batch, hypotheses_of_batch):
                     results[i] = hypotheses
-        self.model.train(was_training)
+        finally:
+            self.model.train(was_training)
         return results
+
+    def _search_batch(self, src_ids: list[list[int]]) -> list[list[Hypothesis]]:
+        with torch.inference_mode(), autocast(self.precision, self.device):
+            src, src_lengths = collate_src(src_ids)
+            return search(self.model, src.to(self.device), src_lengths, self.options)
 
     def translate_ids(self, src_ids: list[list[int]]) -> list[str]:
         """Source piece ids -> the best hypothesis of each, detokenized."""
@@ -181,7 +201,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--min-len", type=int, default=0, help="no eos before this many pieces")
     parser.add_argument("--max-len-a", type=float, default=1.5, help="output length limit: a * src_len + b pieces")
     parser.add_argument("--max-len-b", type=int, default=10)
-    parser.add_argument("--batch-tokens", type=int, default=4000, help="padded source tokens per batch")
+    parser.add_argument("--batch-tokens", type=int, default=2000, help="padded source tokens per batch")
+    parser.add_argument("--workers", type=parse_workers, default=None,
+                        help="CPU processes that search batches side by side, the cores split between them "
+                             "(default: one per core, where the system can fork; 1: one process)")
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
                         help="bf16: matrix products in bfloat16 (autocast); fast on CPUs with AVX-512 BF16 / AMX")
     parser.add_argument("--quantize", default="none", choices=QUANTIZE_KINDS,
@@ -241,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
             return_attention=args.attention is not None,
         )  # fmt: skip
         translator = Translator.from_checkpoint(
-            args.checkpoint, args.device, options, args.batch_tokens, args.precision, args.quantize
+            args.checkpoint, args.device, options, args.batch_tokens, args.precision, args.quantize,
+            args.workers or default_workers(),
         )
         source = open(args.input, "rb") if args.input else sys.stdin.buffer
         total = _count_lines(args.input) if args.input else None

@@ -130,6 +130,8 @@ def test_cli_nbest_scores_and_attention_plots(trained_run, tmp_path):
 def test_cli_rejects_bad_search_options(trained_run):
     result = run_cli(str(trained_run), "--beam", "2", "--nbest", "3", stdin="x\n")
     assert result.returncode == 2 and "nbest must be between 1 and the beam size" in result.stderr
+    result = run_cli(str(trained_run), "--workers", "0", stdin="x\n")
+    assert result.returncode == 2 and "--workers: must be at least 1, not 0" in result.stderr
 
 
 def test_long_lines_empty_lines_and_bad_bytes_keep_the_line_count(checkpoint, tmp_path):

@@ -1,0 +1,109 @@
+"""Tasks spread over forked CPU processes, each with its own share of the cores.
+
+Beam search on a CPU spends about half its time outside the matrix products: torch's dispatch of
+~250 small operations per step and operations too small to split between cores. One process with
+two threads speeds the products up but not that overhead, so two processes with one thread each,
+each searching its own batches, translate faster (the README has the figures). The workers are
+forked: they share the parent's model pages without pickling it, and only task numbers and
+results travel between the processes. Fork needs a POSIX system (not Windows, and not after CUDA
+has started, so the callers use workers on the CPU only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import pickle
+import queue
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
+
+import torch
+
+Task = TypeVar("Task")
+Result = TypeVar("Result")
+
+_POLL_SECONDS = 1.0  # how often the parent checks that no worker has died while it waits
+
+
+def can_fork() -> bool:
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
+def default_workers() -> int:
+    """One worker per core torch would use, where the system can fork; else 1."""
+    return torch.get_num_threads() if can_fork() else 1
+
+
+def parse_workers(text: str) -> int:
+    """argparse type of --workers: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+class WorkerError(RuntimeError):
+    """A worker failed; the message carries the worker's traceback or exit code."""
+
+
+def map_in_workers(
+    function: Callable[[Task], Result], tasks: Sequence[Task], workers: int
+) -> Iterator[tuple[int, Result]]:
+    """(index, function(task)) for every task, in the order they finish.
+
+    `workers` forked processes take the next task as they become free, in the order given (put
+    the longest first), and split the parent's torch threads between them. `function` and `tasks`
+    reach the workers through the fork, so neither needs to pickle; results must.
+    """
+    workers = max(1, min(workers, len(tasks)))
+    context = multiprocessing.get_context("fork")
+    todo = context.SimpleQueue()
+    done = context.Queue()
+    for index in range(len(tasks)):
+        todo.put(index)
+    for _ in range(workers):
+        todo.put(None)  # one stop sign per worker
+    threads_per_worker = max(1, torch.get_num_threads() // workers)
+
+    def work() -> None:
+        torch.set_num_threads(threads_per_worker)
+        while (index := todo.get()) is not None:
+            try:
+                # Plain pickle: the queue's own pickler would move every tensor into shared
+                # memory, one file descriptor each.
+                done.put((index, pickle.dumps(function(tasks[index])), None))
+            except BaseException:  # noqa: BLE001 - every failure must reach the parent, not hang it
+                done.put((index, None, traceback.format_exc()))
+                return
+
+    processes = [context.Process(target=work, daemon=True) for _ in range(workers)]
+    for process in processes:
+        process.start()
+    try:
+        for _ in range(len(tasks)):
+            index, result, error = _next_result(done, processes)
+            if error is not None:
+                raise WorkerError(f"a worker failed on task {index}:\n{error}")
+            yield index, pickle.loads(result)
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+            process.join()
+        done.close()
+
+
+def _next_result(done, processes) -> tuple:
+    while True:
+        try:
+            return done.get(timeout=_POLL_SECONDS)
+        except queue.Empty:
+            dead = [process.exitcode for process in processes if process.exitcode not in (None, 0)]
+            if dead:
+                # Killed from outside (out of memory, a signal): its task will never report.
+                raise WorkerError(f"a worker died with exit code {dead[0]} before finishing its tasks") from None

@@ -1,0 +1,68 @@
+"""Translation spread over forked worker processes (nmt/workers.py): same results, clear failures."""
+
+import os
+import signal
+
+import pytest
+import torch
+
+from nmt.search import SearchOptions
+from nmt.translate import Translator
+from nmt.workers import WorkerError, can_fork, map_in_workers, parse_workers
+
+from conftest import PAIRS
+
+pytestmark = pytest.mark.skipif(not can_fork(), reason="workers need fork")
+SOURCES = [de for de, _ in PAIRS]
+
+
+def test_every_task_is_done_once_and_its_result_comes_back_with_its_index():
+    weights = torch.randn(8, 8)  # reaches the workers through the fork, not a pickle
+    tasks = [torch.full((3, 8), float(k)) for k in range(9)]
+    finished = dict(map_in_workers(lambda x: (os.getpid(), x @ weights), tasks, workers=2))
+    assert sorted(finished) == list(range(9))
+    for k, (_, product) in finished.items():
+        assert torch.equal(product, tasks[k] @ weights)
+    assert os.getpid() not in {pid for pid, _ in finished.values()}  # the parent only collects
+
+
+def test_a_failing_task_raises_in_the_parent_with_the_workers_traceback():
+    def fails_on_three(k: int) -> int:
+        if k == 3:
+            raise ValueError("task three is broken")
+        return k
+
+    with pytest.raises(WorkerError, match="(?s)task 3.*ValueError: task three is broken"):
+        list(map_in_workers(fails_on_three, list(range(6)), workers=2))
+
+
+def test_a_killed_worker_is_reported_instead_of_waited_for():
+    def killed_on_two(k: int) -> int:
+        if k == 2:
+            os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's out-of-memory killer would
+        return k
+
+    with pytest.raises(WorkerError, match=f"exit code -{int(signal.SIGKILL)}"):
+        list(map_in_workers(killed_on_two, list(range(4)), workers=2))
+
+
+def test_workers_translate_exactly_what_one_process_translates(trained_run):
+    options = SearchOptions(beam_size=3, nbest=2, return_attention=True)
+    lines = [SOURCES[k % len(SOURCES)] + (" ." * (k % 4)) for k in range(60)] + [""]
+    # A small budget makes many batches, so both workers get several.
+    one = Translator.from_checkpoint(trained_run, "cpu", options, batch_tokens=80, workers=1)
+    two = Translator.from_checkpoint(trained_run, "cpu", options, batch_tokens=80, workers=2)
+    expected, got = one.translate_lines(lines), two.translate_lines(lines)
+    assert [t.texts for t in got] == [t.texts for t in expected]
+    assert [t.source for t in got] == lines
+    for mine, theirs in zip(got, expected):
+        for a, b in zip(mine.hypotheses, theirs.hypotheses):
+            assert a.tokens == b.tokens and a.score == pytest.approx(b.score, abs=1e-5)
+            torch.testing.assert_close(a.attention, b.attention)
+
+
+def test_workers_must_be_a_positive_count():
+    assert parse_workers("3") == 3
+    for bad in ("0", "-2", "two"):
+        with pytest.raises(Exception, match="at least 1|whole number"):
+            parse_workers(bad)
