@@ -173,7 +173,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-len-b", type=int, default=10)
     parser.add_argument("--batch-tokens", type=int, default=2000)
     parser.add_argument("--workers", type=parse_workers, default=None,
-                        help="CPU processes searching side by side (default: one per core; 1: one process)")
+                        help="CPU processes searching side by side (default: one per core on Linux; 1: one process)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
                         help="bf16: autocast products; auto: bf16 where native")

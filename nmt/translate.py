@@ -204,7 +204,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-tokens", type=int, default=2000, help="padded source tokens per batch")
     parser.add_argument("--workers", type=parse_workers, default=None,
                         help="CPU processes that search batches side by side, the cores split between them "
-                             "(default: one per core, where the system can fork; 1: one process)")
+                             "(default: one per core on Linux; 1: one process)")
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
                         help="bf16: matrix products in bfloat16 (autocast); fast on CPUs with AVX-512 BF16 / AMX")
     parser.add_argument("--quantize", default="none", choices=QUANTIZE_KINDS,

@@ -15,6 +15,7 @@ import argparse
 import multiprocessing
 import pickle
 import queue
+import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
@@ -32,8 +33,9 @@ def can_fork() -> bool:
 
 
 def default_workers() -> int:
-    """One worker per core torch would use, where the system can fork; else 1."""
-    return torch.get_num_threads() if can_fork() else 1
+    """One worker per core torch would use on Linux; else 1. (macOS can fork, but its system
+    libraries are not all safe to use after a fork, so there workers are asked for explicitly.)"""
+    return torch.get_num_threads() if sys.platform.startswith("linux") and can_fork() else 1
 
 
 def parse_workers(text: str) -> int:
@@ -60,19 +62,23 @@ def map_in_workers(
     the longest first), and split the parent's torch threads between them. `function` and `tasks`
     reach the workers through the fork, so neither needs to pickle; results must.
     """
+    if not tasks:
+        return
     workers = max(1, min(workers, len(tasks)))
     context = multiprocessing.get_context("fork")
-    todo = context.SimpleQueue()
+    next_task = context.Value("q", 0)  # shared: the index of the next task to take
     done = context.Queue()
-    for index in range(len(tasks)):
-        todo.put(index)
-    for _ in range(workers):
-        todo.put(None)  # one stop sign per worker
     threads_per_worker = max(1, torch.get_num_threads() // workers)
+
+    def take() -> int:
+        with next_task.get_lock():
+            index = next_task.value
+            next_task.value += 1
+        return index
 
     def work() -> None:
         torch.set_num_threads(threads_per_worker)
-        while (index := todo.get()) is not None:
+        while (index := take()) < len(tasks):
             try:
                 # Plain pickle: the queue's own pickler would move every tensor into shared
                 # memory, one file descriptor each.

@@ -7,8 +7,9 @@ JSON of the numbers.
    random ids, so the shapes alone decide; one optimizer step each, after warm-up steps;
 3. translation time against the number of sentences (the test set repeated; whole
    `nmt-translate` command): should be a straight line;
-4. peak resident memory against input size (the same command on 1k ... 16k lines): should stay
-   flat, as input is read and translated in chunks.
+4. peak memory against input size (the same command on 1k ... 16k lines; the proportional set
+   sizes of the command and its workers, summed): should stay flat, as input is read and
+   translated in chunks.
 
     python scripts/scaling.py --run RUN [--precision bf16] [--skip-translate]
 """
@@ -63,15 +64,45 @@ def train_rate(model, optimizer, batch: int, length: int, precision: str, steps:
 
 
 def translate_seconds(run: Path, lines: list[str], options: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of the whole nmt-translate command over these lines."""
+    """Wall seconds of the whole nmt-translate command over these lines, and its peak memory in
+    MiB: the largest sum over the command and its worker processes of their proportional set
+    sizes (pages they share, such as the forked workers' model, counted once), sampled."""
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "in.de"
         source.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-        command = ["/usr/bin/time", "-f", "%M", sys.executable, "-m", "nmt.translate", str(run), "-i", str(source),
+        command = [sys.executable, "-m", "nmt.translate", str(run), "-i", str(source),
                    "-o", str(Path(tmp) / "out"), "--no-progress", *options]  # fmt: skip
         started = time.perf_counter()
-        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
-        return time.perf_counter() - started, int(result.stderr.strip().splitlines()[-1]) / 1024
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        peak_kib = 0
+        while process.poll() is None:
+            peak_kib = max(peak_kib, sum(_pss_kib(pid) for pid in _process_tree(process.pid)))
+            time.sleep(0.1)
+        seconds = time.perf_counter() - started
+        if process.returncode != 0:
+            raise RuntimeError(f"nmt-translate failed:\n{process.stderr.read()[-2000:]}")
+        return seconds, peak_kib / 1024
+
+
+def _process_tree(pid: int) -> list[int]:
+    pids = [pid]
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                pids += _process_tree(int(child))
+    except OSError:  # it ended while we looked
+        pass
+    return pids
+
+
+def _pss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def plot(x, ys: dict[str, list[float]], xlabel: str, ylabel: str, title: str, path: Path, logx=False) -> None:
@@ -106,7 +137,10 @@ def main() -> int:
     parser.add_argument("--skip-translate", action="store_true")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    results: dict = {"precision": args.precision}
+    # A partial run (--skip-train / --skip-translate) keeps the other half's earlier figures.
+    earlier = args.out / "scaling.json"
+    results: dict = json.loads(earlier.read_text()) if earlier.exists() else {}
+    results["precision"] = args.precision
 
     if not args.skip_train:
         torch.manual_seed(0)
@@ -133,8 +167,9 @@ def main() -> int:
              "translation time vs input size", args.out / "scaling_translate.png")  # fmt: skip
         sizes = [1000, 4000, 16000]
         memory = [translate_seconds(args.run, (test * 64)[:n], ["--precision", args.precision])[1] for n in sizes]
-        results["translate_peak_rss_mib_by_lines"] = dict(zip(sizes, memory))
-        plot(sizes, {"greedy": memory}, "input lines", "peak resident memory (MiB)",
+        results.pop("translate_peak_rss_mib_by_lines", None)  # the largest process's, before workers
+        results["translate_peak_pss_mib_by_lines"] = dict(zip(sizes, memory))
+        plot(sizes, {"greedy": memory}, "input lines", "peak memory, all processes (PSS, MiB)",
              "translation memory vs input size", args.out / "scaling_memory.png", logx=True)  # fmt: skip
     (args.out / "scaling.json").write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=1))

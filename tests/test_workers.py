@@ -26,6 +26,14 @@ def test_every_task_is_done_once_and_its_result_comes_back_with_its_index():
     assert os.getpid() not in {pid for pid, _ in finished.values()}  # the parent only collects
 
 
+def test_thousands_of_small_tasks_and_none_at_all():
+    # More task numbers than a pipe's buffer holds: the workers must not wait on a full queue.
+    assert sorted(result for _, result in map_in_workers(lambda k: 2 * k, list(range(6000)), workers=2)) == [
+        2 * k for k in range(6000)
+    ]
+    assert list(map_in_workers(lambda k: k, [], workers=2)) == []
+
+
 def test_a_failing_task_raises_in_the_parent_with_the_workers_traceback():
     def fails_on_three(k: int) -> int:
         if k == 3:
