@@ -28,7 +28,7 @@ from nmt.precision import autocast, resolve_precision
 from nmt.quantize import QUANTIZE_KINDS, quantize_int8
 from nmt.search import LENGTH_PENALTIES, STOPPING_RULES, Hypothesis, SearchOptions, search
 from nmt.tokenizer import Tokenizer
-from nmt.workers import can_fork, default_workers, map_in_workers, parse_workers
+from nmt.workers import WorkerError, can_fork, default_workers, map_in_workers, parse_workers
 
 log = logging.getLogger(__name__)
 
@@ -280,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
                            interactive=source.isatty())  # fmt: skip
         if tmp_path and out_path:
             tmp_path.replace(out_path)
+    except WorkerError as error:
+        print(f"nmt-translate: {error}", file=sys.stderr)
+        return 1
     finally:
         if tmp_path:
             tmp_path.unlink(missing_ok=True)

@@ -112,4 +112,7 @@ def _next_result(done, processes) -> tuple:
             dead = [process.exitcode for process in processes if process.exitcode not in (None, 0)]
             if dead:
                 # Killed from outside (out of memory, a signal): its task will never report.
-                raise WorkerError(f"a worker died with exit code {dead[0]} before finishing its tasks") from None
+                raise WorkerError(
+                    f"a worker died with exit code {dead[0]} before finishing its tasks (killed for memory? "
+                    "fewer --workers or a smaller --batch-tokens need less)"
+                ) from None

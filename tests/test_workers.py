@@ -74,3 +74,26 @@ def test_workers_must_be_a_positive_count():
     for bad in ("0", "-2", "two"):
         with pytest.raises(Exception, match="at least 1|whole number"):
             parse_workers(bad)
+
+
+def test_a_worker_killed_mid_file_ends_the_command_with_one_line_and_keeps_the_old_output(
+    trained_run, tmp_path, monkeypatch, capsys
+):
+    import nmt.translate
+
+    real_search = nmt.translate.search
+
+    def dies_on_long_batches(model, src, src_lengths, options):
+        if src.size(1) > 8:  # some batches, not all: the other worker carries on meanwhile
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_search(model, src, src_lengths, options)
+
+    monkeypatch.setattr(nmt.translate, "search", dies_on_long_batches)  # the forked workers inherit it
+    source, old = tmp_path / "in.de", tmp_path / "out.en"
+    source.write_text("".join(f"{SOURCES[k % len(SOURCES)]}\n" for k in range(40)), encoding="utf-8")
+    old.write_text("precious\n")
+    argv = [str(trained_run), "-i", str(source), "-o", str(old), "--workers", "2", "--batch-tokens", "60", "--no-progress"]
+    assert nmt.translate.main(argv) == 1
+    error = capsys.readouterr().err
+    assert f"nmt-translate: a worker died with exit code -{int(signal.SIGKILL)}" in error and "Traceback" not in error
+    assert old.read_text() == "precious\n" and not list(tmp_path.glob(".out.en.partial"))
