@@ -106,9 +106,10 @@ class Translator:
         try:
             if self.workers > 1 and len(batches) > 1:
                 # Longest sentences first (batches come shortest first): the workers finish together.
-                tasks = [[src_ids[i] for i in batch] for batch in reversed(batches)]
+                longest_first = batches[::-1]
+                tasks = [[src_ids[i] for i in batch] for batch in longest_first]
                 finished = map_in_workers(self._search_batch, tasks, self.workers)
-                batch_results = ((batches[len(batches) - 1 - k], hypotheses) for k, hypotheses in finished)
+                batch_results = ((longest_first[k], hypotheses) for k, hypotheses in finished)
             else:
                 batch_results = ((batch, self._search_batch([src_ids[i] for i in batch])) for batch in batches)
             for batch, hypotheses_of_batch in batch_results:
