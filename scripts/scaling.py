@@ -73,14 +73,17 @@ def translate_seconds(run: Path, lines: list[str], options: list[str]) -> tuple[
         command = [sys.executable, "-m", "nmt.translate", str(run), "-i", str(source),
                    "-o", str(Path(tmp) / "out"), "--no-progress", *options]  # fmt: skip
         started = time.perf_counter()
-        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        log_path = Path(tmp) / "stderr"
+        # stderr to a file, not a pipe: nobody reads a pipe while we poll, and a full one would stall the command.
+        with open(log_path, "w") as log_file:
+            process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log_file)
         peak_kib = 0
         while process.poll() is None:
             peak_kib = max(peak_kib, sum(_pss_kib(pid) for pid in _process_tree(process.pid)))
             time.sleep(0.1)
         seconds = time.perf_counter() - started
         if process.returncode != 0:
-            raise RuntimeError(f"nmt-translate failed:\n{process.stderr.read()[-2000:]}")
+            raise RuntimeError(f"nmt-translate failed:\n{log_path.read_text()[-2000:]}")
         return seconds, peak_kib / 1024
 
 
