@@ -152,6 +152,10 @@ class TrainConfig:
     seed: int = 1234
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda
     num_threads: int = 0  # CPU threads for torch; 0 leaves torch's default (every core)
+    # Processes that train data-parallel on the CPU, each on a share of every batch with an equal
+    # share of the threads (nmt/data_parallel.py); 0: one per thread on Linux while each keeps
+    # ~1,000 batch tokens, else 1.
+    workers: int = 0
     # fp32; bf16: matrix products in bfloat16 under autocast, weights and loss in fp32; auto: bf16
     # where the hardware has native bf16 products, else fp32 (nmt/precision.py). Validation
     # translates in the same precision.
@@ -198,6 +202,7 @@ class TrainConfig:
         _check_choice("train.device", self.device, DEVICES)
         _check_choice("train.precision", self.precision, PRECISIONS)
         _check_positive("train.num_threads", self.num_threads, allow_zero=True)
+        _check_positive("train.workers", self.workers, allow_zero=True)
         _check_positive("train.batch_tokens", self.batch_tokens)
         _check_choice("train.batching", self.batching, BATCHINGS)
         _check_positive("train.lr", self.lr)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
 import sys
 import time
 from contextlib import nullcontext
@@ -25,6 +26,7 @@ from nmt.batching import Batch, collate, make_batcher, pack_targets, token_budge
 from nmt.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
 from nmt.config import Config, TrainConfig
 from nmt.data import prepare_data
+from nmt.data_parallel import GradientExchange, Helpers, Work, split_batch
 from nmt.evaluate import bleu
 from nmt.loss import sequence_loss
 from nmt.model import Seq2Seq, build_model, count_parameters
@@ -33,6 +35,7 @@ from nmt.schedule import annealed_lr, budget_used
 from nmt.search import SearchOptions
 from nmt.tokenizer import Tokenizer
 from nmt.translate import Translator, resolve_device
+from nmt.workers import WorkerError, can_fork, default_workers
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +124,27 @@ class Trainer:
         )
         self.progress = Progress()
         self.meter = ThroughputMeter()
+        self.threads = torch.get_num_threads()
+        self.workers = self._resolve_workers(self.train_config, device)
+        self.threads_per_worker = max(1, self.threads // self.workers)
+        self.pair_costs = [len(s) + len(t) for s, t in zip(self.train_src, self.train_tgt)]
+        self.helpers: Helpers | None = None
         self.writer = SummaryWriter(str(run_dir / "tensorboard"))
-        log.info("model: %s parameters; precision %s", f"{count_parameters(self.model):,}", self.precision)
+        log.info(
+            "model: %s parameters; precision %s; %d training process%s",
+            f"{count_parameters(self.model):,}", self.precision, self.workers, "es" if self.workers > 1 else "",
+        )  # fmt: skip
+
+    @staticmethod
+    def _resolve_workers(config: TrainConfig, device: torch.device) -> int:
+        """train.workers; 0: one per thread on a Linux CPU (nmt/workers.py), as long as each
+        shard keeps ~1,000 batch tokens (smaller shards' products lose what a process gains).
+        CUDA and systems without fork train in one process."""
+        if device.type != "cpu" or not can_fork():
+            if config.workers > 1:
+                log.warning("train.workers=%d needs a CPU and fork; training in one process", config.workers)
+            return 1
+        return config.workers or max(1, min(default_workers(), config.batch_tokens // 1000))
 
     # --- checkpoints -------------------------------------------------------------------------
     def _payload(self, full: bool) -> dict:
@@ -180,15 +202,19 @@ class Trainer:
         """Train until a limit is reached; the final weights are validated and saved."""
         progress = self.progress
         self._started, self._seconds_before = time.monotonic(), progress.train_seconds
-        while not self._limit_reached():
-            batches = self.batcher.epoch_batches(progress.epoch)
-            self._run_epoch(batches)
-            if progress.batch_in_epoch < len(batches):
-                break  # a limit was reached inside the epoch
-            progress.epoch += 1
-            progress.batch_in_epoch = 0
-            if not self.train_config.validate_every:
-                self._validate_and_save()
+        self._start_helpers()
+        try:
+            while not self._limit_reached():
+                batches = self.batcher.epoch_batches(progress.epoch)
+                self._run_epoch(batches)
+                if progress.batch_in_epoch < len(batches):
+                    break  # a limit was reached inside the epoch
+                progress.epoch += 1
+                progress.batch_in_epoch = 0
+                if not self.train_config.validate_every:
+                    self._validate_and_save()
+        finally:
+            self._stop_helpers()
         if self.validated_step != progress.step:
             self._validate_and_save()
         log.info(
@@ -236,18 +262,71 @@ class Trainer:
 
     def _train_step(self, indices: list[int]) -> tuple[float, int]:
         self.model.train()
+        tokens = sum(len(self.train_tgt[i]) + 1 for i in indices)  # target tokens, eos included
+        if self.helpers is None:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss_sum = self._shard_backward(indices, tokens)
+        else:
+            costs = self.pair_costs
+            shards = split_batch(indices, costs, self.workers)
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.helpers.dispatch([Work(shard, tokens, lr, self.progress.step) for shard in shards[1:]])
+            self.exchange.zero(0)
+            loss_sum = self.helpers.all_sum(self._shard_backward(shards[0], tokens))
+        self._update()
+        if self.average is not None:
+            self.average.update(self.model)
+        return loss_sum, tokens
+
+    def _shard_backward(self, indices: list[int], batch_tokens: int) -> float:
+        """Forward and backward over these pairs; the loss is divided by the whole batch's target
+        tokens (`batch_tokens`), so the gradients of a batch's shards add up to the batch's."""
+        if not indices:
+            return 0.0
         batch = collate([self.train_src[i] for i in indices], [self.train_tgt[i] for i in indices])
-        batch = batch.to(self.device)
-        loss_sum, _ = self._batch_loss(batch, self.train_config.label_smoothing)
-        tokens = batch.num_tgt_tokens
-        self.optimizer.zero_grad(set_to_none=True)
-        (loss_sum / tokens).backward()
+        loss_sum, _ = self._batch_loss(batch.to(self.device), self.train_config.label_smoothing)
+        (loss_sum / batch_tokens).backward()
+        return loss_sum.item()
+
+    def _update(self) -> None:
         if self.train_config.clip_norm:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train_config.clip_norm)
         self.optimizer.step()
-        if self.average is not None:
-            self.average.update(self.model)
-        return loss_sum.item(), tokens
+
+    # --- data-parallel helpers (nmt/data_parallel.py) -------------------------------------------
+    def _start_helpers(self) -> None:
+        self.helpers = None
+        if self.workers < 2:
+            return
+        context = multiprocessing.get_context("fork")
+        self.exchange = GradientExchange(list(self.model.parameters()), self.workers, context)
+        # Forked now, after any resume: the helpers start from these weights and optimizer state.
+        self.helpers = Helpers(self.exchange, self._helper_loop, context)
+        self.exchange.attach(0)
+        torch.set_num_threads(self.threads_per_worker)
+
+    def _stop_helpers(self) -> None:
+        if self.helpers is not None:
+            self.helpers.close()
+            self.helpers = None
+            for parameter in self.model.parameters():
+                parameter.grad = None  # the shared rows go with the helpers
+            torch.set_num_threads(self.threads)
+
+    def _helper_loop(self, rank: int, inbox) -> None:
+        """A helper's life: the trainer's shard of each step, until it sends None."""
+        torch.set_num_threads(self.threads_per_worker)
+        self.exchange.attach(rank)
+        self.model.train()
+        while (work := inbox.get()) is not None:
+            # Dropout draws of its own (the trainer's seed would repeat the trainer's masks), a
+            # function of the step so that a resumed run draws what the whole run would have.
+            torch.manual_seed(self.train_config.seed + 7919 * rank + 104729 * work.step)
+            for group in self.optimizer.param_groups:
+                group["lr"] = work.lr
+            self.exchange.zero(rank)
+            self.exchange.all_sum(rank, self._shard_backward(work.shard, work.batch_tokens))
+            self._update()
 
     def _batch_loss(self, batch: Batch, label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forced (loss sum, nll sum) over the batch's real target tokens. The loss is fp32
@@ -293,8 +372,12 @@ class Trainer:
         return self.average.applied(self.model) if self.average is not None else nullcontext()
 
     def _validate_and_save(self) -> None:
-        with self._averaged():
-            result = self.validate()
+        torch.set_num_threads(self.threads)  # the helpers wait: validation may use every core
+        try:
+            with self._averaged():
+                result = self.validate()
+        finally:
+            torch.set_num_threads(self.threads_per_worker if self.helpers is not None else self.threads)
         step = self.validated_step = self.progress.step
         minutes = self.progress.train_seconds / 60
         for name in ("loss", "ppl", "bleu"):
@@ -417,6 +500,9 @@ def main() -> None:
         except (ConfigError, DataError, TokenizerError, CheckpointError) as error:
             log.error("%s", error)
             sys.exit(2)
+        except WorkerError as error:
+            log.error("%s; the run's last checkpoint is kept (resume with train.resume=<run dir>)", error)
+            sys.exit(1)
 
     hydra_main()
 

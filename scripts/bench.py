@@ -32,6 +32,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from process_memory import PeakSampler  # scripts/
+
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = ROOT.parent / "shared" / "peers"
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "multi30k"
@@ -171,12 +173,11 @@ def run_training(tree: Path, label: str, overrides: list[str], window: tuple[int
         env = {**os.environ, "PYTHONPATH": str(tree), "TQDM_DISABLE": "1"}
         process = subprocess.Popen(command, cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         stamps: list[tuple[int, float, float]] = []
-        peak_kib = 0
+        memory = PeakSampler(process.pid)  # the trainer and any helpers it forks
         assert process.stdout is not None
         output = []
         for line in process.stdout:
             output.append(line)
-            peak_kib = max(peak_kib, _peak_rss_kib(process.pid))
             match = LOG_LINE.match(line)
             if not match:
                 continue
@@ -184,7 +185,7 @@ def run_training(tree: Path, label: str, overrides: list[str], window: tuple[int
             stamps.append((int(match["step"]), moment, float(match["rate"])))
             if int(match["step"]) >= last:
                 break
-        peak_kib = max(peak_kib, _peak_rss_kib(process.pid))
+        peak_kib = memory.stop()
         process.kill()
         process.wait()
     inside = [(b, tb, rate) for (a, ta, _), (b, tb, rate) in zip(stamps, stamps[1:]) if a >= first and b <= last]
@@ -193,15 +194,6 @@ def run_training(tree: Path, label: str, overrides: list[str], window: tuple[int
     intervals = [tb - ta for (a, ta, _), (b, tb, _) in zip(stamps, stamps[1:]) if a >= first and b <= last]
     tokens = sum(rate * seconds for (_, _, rate), seconds in zip(inside, intervals))
     return TrainResult(label, tokens / sum(intervals), peak_kib / 2**20, window)
-
-
-def _peak_rss_kib(pid: int) -> int:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0
-    match = re.search(r"VmHWM:\s+(\d+) kB", status)
-    return int(match.group(1)) if match else 0
 
 
 # --- translation -----------------------------------------------------------------------------------

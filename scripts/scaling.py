@@ -35,6 +35,7 @@ from nmt.config import ModelConfig  # noqa: E402
 from nmt.loss import sequence_loss  # noqa: E402
 from nmt.model import build_model  # noqa: E402
 from nmt.precision import autocast  # noqa: E402
+from process_memory import tree_pss_kib  # noqa: E402  (scripts/)
 
 VOCAB = 8000
 
@@ -79,33 +80,12 @@ def translate_seconds(run: Path, lines: list[str], options: list[str]) -> tuple[
             process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log_file)
         peak_kib = 0
         while process.poll() is None:
-            peak_kib = max(peak_kib, sum(_pss_kib(pid) for pid in _process_tree(process.pid)))
+            peak_kib = max(peak_kib, tree_pss_kib(process.pid))
             time.sleep(0.1)
         seconds = time.perf_counter() - started
         if process.returncode != 0:
             raise RuntimeError(f"nmt-translate failed:\n{log_path.read_text()[-2000:]}")
         return seconds, peak_kib / 1024
-
-
-def _process_tree(pid: int) -> list[int]:
-    pids = [pid]
-    try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            for child in (task / "children").read_text().split():
-                pids += _process_tree(int(child))
-    except OSError:  # it ended while we looked
-        pass
-    return pids
-
-
-def _pss_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def plot(x, ys: dict[str, list[float]], xlabel: str, ylabel: str, title: str, path: Path, logx=False) -> None:
