@@ -28,6 +28,7 @@ import queue
 import signal
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -158,14 +159,19 @@ class Helpers:
                 return
 
     def _failure(self) -> WorkerError:
-        try:
-            return WorkerError(f"a training worker failed:\n{self.errors.get(timeout=5)}")
-        except queue.Empty:
-            codes = [process.exitcode for process in self.processes if process.exitcode not in (None, 0)]
-            return WorkerError(
-                f"a training worker died with exit code {codes[0] if codes else '?'} (killed for memory? fewer "
-                "train.workers or a smaller train.batch_tokens need less)"
-            )
+        deadline = time.monotonic() + 10  # a failing helper reports before it exits
+        while time.monotonic() < deadline:
+            try:
+                return WorkerError(f"a training worker failed:\n{self.errors.get(timeout=0.2)}")
+            except queue.Empty:
+                killed = [process.exitcode for process in self.processes if (process.exitcode or 0) < 0]
+                if killed:
+                    break
+        codes = [process.exitcode for process in self.processes if process.exitcode not in (None, 0)]
+        return WorkerError(
+            f"a training worker died with exit code {codes[0] if codes else '?'} (killed for memory? fewer "
+            "train.workers or a smaller train.batch_tokens need less)"
+        )
 
 
 def _run_helper(helper_loop, rank: int, inbox, errors, exchange: GradientExchange) -> None:
