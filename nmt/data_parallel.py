@@ -141,11 +141,13 @@ class Helpers:
             raise self._failure() from None
 
     def close(self) -> None:
-        """Stop the helpers: at once when training failed, else after their last step."""
+        """Stop the helpers: after their last step, or at once when the trainer stopped in the
+        middle of one (an error, Ctrl-C) and they wait for it at the barrier."""
         self._closed.set()
         for inbox, process in zip(self.inboxes, self.processes):
             if process.is_alive():
                 inbox.put(None)
+        self.exchange.barrier.abort()  # a helper that finished its step waits on its inbox, not here
         for process in self.processes:
             process.join(timeout=10)
             if process.is_alive():

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from nmt.checkpoint import load_checkpoint
+from nmt.data import prepare_data
 from nmt.data_parallel import GradientExchange, split_batch
 from nmt.train import Trainer, run_training
 from nmt.workers import WorkerError
@@ -57,6 +58,30 @@ def test_the_exchange_gives_every_process_the_sum_of_all_gradients():
             # ranks 0, 1, 2 added (rank + 1) * (number + 1) + step each
             expected = torch.full(parameter.shape, 6.0 * (number + 1) + 3 * step)
             torch.testing.assert_close(torch.tensor(gradient), expected)
+
+
+def _first_step_gradients(config, run_dir) -> tuple[float, list[torch.Tensor]]:
+    tokenizer, corpus = prepare_data(config.data, None, num_threads=1)
+    trainer = Trainer(config, run_dir, tokenizer, corpus, torch.device("cpu"))
+    trainer._start_helpers()
+    try:
+        loss_sum, _ = trainer._train_step(trainer.batcher.epoch_batches(0)[0])
+        return loss_sum, [parameter.grad.clone() for parameter in trainer.model.parameters()]
+    finally:
+        trainer._stop_helpers()
+
+
+def test_the_shards_gradients_add_up_to_the_whole_batchs(text_corpus, tmp_path):
+    """Adam and clipping hide a gradient's scale, so the gradient itself is compared: each share's
+    loss must be divided by the whole batch's tokens, not its own."""
+    config = tiny_config(text_corpus, clip_norm=0.0, workers=1)
+    config.model.dropout = 0.0
+    loss_one, gradients_one = _first_step_gradients(config, tmp_path / "one")
+    config.train.workers = 3
+    loss_three, gradients_three = _first_step_gradients(config, tmp_path / "three")
+    assert loss_three == pytest.approx(loss_one, rel=1e-5)
+    for one, three in zip(gradients_one, gradients_three, strict=True):
+        torch.testing.assert_close(three, one, rtol=1e-4, atol=1e-6)
 
 
 def test_two_workers_make_the_one_process_update(text_corpus, tmp_path):
