@@ -1,8 +1,9 @@
 """Data-parallel training on one machine's CPU cores: forked processes, each on a share of every batch.
 
-A training step's matrix products are too small to keep two cores busy from one process: on this
-project's 2-core machine two threads train at 1.5x one thread's speed, while two one-thread
-processes, each on half of every batch, reach ~1.8x (README, "Speed"). So `train.workers`
+A training step's matrix products are too small to keep two cores busy from one process, and its
+per-operation overhead (dispatch, small elementwise work) is not split between threads at all. On this project's
+2-core machine two threads trained at 1.5x one thread's speed, while two one-thread training loops
+side by side, each on half-size batches, made 1.8x between them (README, "Speed"). So `train.workers`
 processes, the trainer and forked helpers, each run forward and backward on their share of the
 batch. Every shard's loss is divided by the whole batch's target tokens, so the shards' gradients
 add up to the whole batch's gradient: the batch, its size and the update are those of one process,
