@@ -267,8 +267,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss_sum = self._shard_backward(indices, tokens)
         else:
-            costs = self.pair_costs
-            shards = split_batch(indices, costs, self.workers)
+            shards = split_batch(indices, self.pair_costs, self.workers)
             lr = self.optimizer.param_groups[0]["lr"]
             self.helpers.dispatch([Work(shard, tokens, lr, self.progress.step) for shard in shards[1:]])
             self.exchange.zero(0)
@@ -295,7 +294,6 @@ class Trainer:
 
     # --- data-parallel helpers (nmt/data_parallel.py) -------------------------------------------
     def _start_helpers(self) -> None:
-        self.helpers = None
         if self.workers < 2:
             return
         context = multiprocessing.get_context("fork")
