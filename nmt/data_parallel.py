@@ -1,13 +1,13 @@
 """Data-parallel training on one machine's CPU cores: forked processes, each on a share of every batch.
 
 A training step's matrix products are too small to keep two cores busy from one process, and its
-per-operation overhead (dispatch, small elementwise work) is not split between threads at all. On this project's
-2-core machine two threads trained at 1.5x one thread's speed, while two one-thread training loops
-side by side, each on half-size batches, made 1.8x between them (README, "Speed"). So `train.workers`
-processes, the trainer and forked helpers, each run forward and backward on their share of the
-batch. Every shard's loss is divided by the whole batch's target tokens, so the shards' gradients
-add up to the whole batch's gradient: the batch, its size and the update are those of one process,
-and only the dropout draws differ.
+per-operation overhead (dispatch, small elementwise work) is not split between threads at all. On
+this project's 2-core machine two threads trained at 1.5x one thread's speed, while two one-thread
+training loops side by side, each on half-size batches, made 1.8x between them (README, "Speed").
+So `train.workers` processes, the trainer and forked helpers, each run forward and backward on
+their share of the batch. Every shard's loss is divided by the whole batch's target tokens, so the
+shards' gradients add up to the whole batch's gradient: the batch, its size and the update are
+those of one process, and only the dropout draws differ.
 
 The gradients meet in shared memory, one row per process. Each process sums one slice of every
 row into its own row and then copies the other slices from their owners' rows (a reduce-scatter
@@ -36,11 +36,9 @@ from dataclasses import dataclass
 
 import torch
 
-from nmt.workers import WorkerError
+from nmt.workers import POLL_SECONDS, WorkerError
 
 log = logging.getLogger(__name__)
-
-_POLL_SECONDS = 1.0  # how often the trainer checks that no helper has died
 
 
 @dataclass
@@ -156,7 +154,7 @@ class Helpers:
                 process.join()
 
     def _watch(self) -> None:
-        while not self._closed.wait(_POLL_SECONDS):
+        while not self._closed.wait(POLL_SECONDS):
             if any(process.exitcode not in (None, 0) for process in self.processes):
                 self.exchange.barrier.abort()
                 return

@@ -25,7 +25,7 @@ import torch
 Task = TypeVar("Task")
 Result = TypeVar("Result")
 
-_POLL_SECONDS = 1.0  # how often the parent checks that no worker has died while it waits
+POLL_SECONDS = 1.0  # how often a parent checks that none of its forked processes has died
 
 
 def can_fork() -> bool:
@@ -107,7 +107,7 @@ def map_in_workers(
 def _next_result(done, processes) -> tuple:
     while True:
         try:
-            return done.get(timeout=_POLL_SECONDS)
+            return done.get(timeout=POLL_SECONDS)
         except queue.Empty:
             dead = [process.exitcode for process in processes if process.exitcode not in (None, 0)]
             if dead:
