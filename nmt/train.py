@@ -90,7 +90,10 @@ class Trainer:
         torch.manual_seed(self.train_config.seed)
         self.model: Seq2Seq = build_model(config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
         self.model.to(device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.train_config.lr)
+        # torch's fused Adam makes one pass over each weight where the default makes a dozen
+        # elementwise ones: 57 -> 17 ms per update of the reference model on one thread.
+        self.fused_adam = device.type in ("cpu", "cuda")
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.train_config.lr, fused=self.fused_adam)
         decay = self.train_config.average_decay
         self.average = WeightAverage(self.model, decay) if decay else None
         # lr_decay_factor 1.0 means a constant rate (torch's plateau scheduler refuses factor 1).
@@ -176,7 +179,11 @@ class Trainer:
         if self.average is not None:
             # A run that was not averaging starts its average from the weights it resumes with.
             self.average.load(payload["model"], updates=payload["progress"]["step"])
-        self.optimizer.load_state_dict(payload["optimizer"])
+        # The saved groups carry the saving run's `fused` flag: this run's decides (and where the
+        # step counters live).
+        saved = payload["optimizer"]
+        groups = [{**group, "fused": self.fused_adam} for group in saved["param_groups"]]
+        self.optimizer.load_state_dict({**saved, "param_groups": groups})
         if self.scheduler is not None and payload.get("scheduler") is not None:
             self.scheduler.load_state_dict(payload["scheduler"])
         torch.set_rng_state(payload["rng"]["torch"])

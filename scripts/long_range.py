@@ -51,7 +51,7 @@ def run(kind: str, lag: int, args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
     model = Recall(kind, args.symbols + args.distractors, args.symbols, args.hidden, args.forget_bias)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, fused=True)
     test_tokens, test_answers = batch(lag, 1000, args.symbols, args.distractors, torch.Generator().manual_seed(999))
     started, accuracy, step = time.perf_counter(), 0.0, 0
     for step in range(1, args.steps + 1):

@@ -128,7 +128,7 @@ def main() -> int:
     if not args.skip_train:
         torch.manual_seed(0)
         model = build_model(ModelConfig(), VOCAB, 4200).train()  # ~4,200 target pieces: see README
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)  # as the trainer
         budgets = [250, 500, 1000, 2000, 4000, 8000]
         by_batch = [train_rate(model, optimizer, max(1, n // 15), 15, args.precision) for n in budgets]
         lengths = [5, 10, 20, 40, 80]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nmt.checkpoint import load_checkpoint
+from nmt.checkpoint import load_checkpoint, save_checkpoint
 from nmt.config import Config, ConfigError, DataConfig, DecoderConfig, EncoderConfig, ModelConfig, TokenizerConfig, TrainConfig
 from nmt.train import Trainer, run_training
 
@@ -54,6 +54,27 @@ def test_resume_continues_exactly_where_the_run_stopped(text_corpus, tmp_path):
     assert a["progress"]["batch_in_epoch"] == b["progress"]["batch_in_epoch"]
     for name, weight in a["model"].items():
         torch.testing.assert_close(weight, b["model"][name], msg=name)
+
+
+def test_a_checkpoint_of_the_unfused_optimizer_resumes_into_the_fused_one(text_corpus, tmp_path):
+    """Checkpoints from before fused Adam (2026-11-22) say fused=False in their optimizer groups;
+    the resumed run must go on with the fused update and land where a fused run does."""
+    straight = tmp_path / "straight"
+    run_training(tiny_config(text_corpus, max_steps=12), straight)
+    interrupted = tmp_path / "interrupted"
+    run_training(tiny_config(text_corpus, max_steps=6), interrupted)
+    last = interrupted / "checkpoints" / "last.pt"
+    payload = load_checkpoint(last)
+    assert payload["optimizer"]["param_groups"][0]["fused"] is True
+    for group in payload["optimizer"]["param_groups"]:
+        group["fused"] = False
+    save_checkpoint(payload, last)
+    run_training(tiny_config(text_corpus, max_steps=12, resume=str(interrupted)), interrupted)
+    a = load_checkpoint(straight / "checkpoints" / "last.pt")
+    b = load_checkpoint(last)
+    assert b["optimizer"]["param_groups"][0]["fused"] is True
+    for name, weight in a["model"].items():
+        assert torch.equal(weight, b["model"][name]), name
 
 
 def test_a_constant_learning_rate_and_gateless_cells_train_and_resume(text_corpus, tmp_path):
