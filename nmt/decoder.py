@@ -11,6 +11,8 @@ Search talks to it only through `step(prev_tokens, state) -> (log_probs, state)`
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import torch
@@ -107,9 +109,10 @@ class Decoder(nn.Module):
         self.output = nn.Linear(self.attentional_size, vocab_size)
         if tie_embeddings:
             self.output.weight = self.embed.weight
-        # Search's tables for the first layer's input (_search_first_input), made once per set of
-        # weights; and, set by nmt.quantize, an int8 twin of that input's feed half (in tuples:
-        # neither is a weight of the model).
+        # Search's tables for the first layer's input (_search_first_input), kept for one
+        # `search_tables` block; and, set by nmt.quantize, an int8 twin of that input's feed half
+        # (in tuples: neither is a weight of the model).
+        self._in_search_block = False
         self._search_tables: tuple | None = None
         self.int8_feed: tuple[nn.Module] | None = None
 
@@ -196,10 +199,29 @@ class Decoder(nn.Module):
         logits = self.output(attentional)  # (batch, vocab)
         return torch.log_softmax(logits.float(), dim=-1), state
 
+    @contextmanager
+    def search_tables(self) -> Iterator[None]:
+        """A block of searches over weights that do not change inside it. Its search steps look
+        the first layer's embedding half up in a table of every target piece's projection, made
+        at the first step that can use it and dropped when the block ends, so the next block
+        sees the weights as they are then. (A table kept across blocks and keyed on the weights'
+        version counters went stale in training: torch's fused Adam leaves them unchanged.)"""
+        if self._in_search_block:  # nested: the outer block's table serves
+            yield
+            return
+        self._in_search_block = True
+        try:
+            yield
+        finally:
+            self._in_search_block, self._search_tables = False, None
+
     def _search_table_pays(self, device: torch.device) -> bool:
-        """The table serves search only (no gradients, no dropout, no autocast), and only while it
-        stays small: vocab x 4 * hidden floats, 32 MB for the reference model."""
-        if self.training or torch.is_grad_enabled() or torch.is_autocast_enabled(device.type):
+        """The table serves search only (inside `search_tables`; no gradients, no dropout, no
+        autocast), and only while it stays small: vocab x 4 * hidden floats, 32 MB for the
+        reference model."""
+        if not self._in_search_block or self.training or torch.is_grad_enabled():
+            return False
+        if torch.is_autocast_enabled(device.type):
             return False
         return self.embed.num_embeddings * self.rnn.cells[0].weight_ih.size(0) <= _SEARCH_TABLE_FLOATS
 
@@ -207,16 +229,14 @@ class Decoder(nn.Module):
         """W_x [embed(y); attentional] + b_x, the first layer's input projection at a search step
         (no gradients, no dropout): the embedding half is looked up in a table of every target
         piece's projection, so a step multiplies only the attentional half (a seventh of a beam
-        step's products for the reference model). The table is remade when the weights change."""
-        first = self.rnn.cells[0]
-        embed_dim = self.embed.embedding_dim
-        weights = (self.embed.weight, first.weight_ih, first.bias_ih)
-        key = tuple((weight.data_ptr(), weight._version) for weight in weights)
-        if self._search_tables is None or self._search_tables[0] != key:
+        step's products for the reference model). The table lasts one `search_tables` block."""
+        if self._search_tables is None:
+            first = self.rnn.cells[0]
+            embed_dim = self.embed.embedding_dim
             weight_ih = first.weight_ih.detach()
             table = nn.functional.linear(self.embed.weight.detach(), weight_ih[:, :embed_dim], first.bias_ih.detach())
-            self._search_tables = (key, table, weight_ih[:, embed_dim:].contiguous())  # table: (vocab, blocks * hidden)
-        _, table, feed_weight = self._search_tables
+            self._search_tables = (table, weight_ih[:, embed_dim:].contiguous())  # table: (vocab, blocks * hidden)
+        table, feed_weight = self._search_tables
         if self.int8_feed is not None:
             feed = self.int8_feed[0](attentional)
         else:

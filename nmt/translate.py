@@ -104,17 +104,18 @@ class Translator:
         was_training = self.model.training
         self.model.eval()
         try:
-            if self.workers > 1 and len(batches) > 1:
-                # Longest sentences first (batches come shortest first): the workers finish together.
-                longest_first = batches[::-1]
-                tasks = [[src_ids[i] for i in batch] for batch in longest_first]
-                finished = map_in_workers(self._search_batch, tasks, self.workers)
-                batch_results = ((longest_first[k], hypotheses) for k, hypotheses in finished)
-            else:
-                batch_results = ((batch, self._search_batch([src_ids[i] for i in batch])) for batch in batches)
-            for batch, hypotheses_of_batch in batch_results:
-                for i, hypotheses in zip(batch, hypotheses_of_batch):
-                    results[i] = hypotheses
+            with self.model.decoder.search_tables():  # fixed weights for every batch: one table per call
+                if self.workers > 1 and len(batches) > 1:
+                    # Longest sentences first (batches come shortest first): the workers finish together.
+                    longest_first = batches[::-1]
+                    tasks = [[src_ids[i] for i in batch] for batch in longest_first]
+                    finished = map_in_workers(self._search_batch, tasks, self.workers)
+                    batch_results = ((longest_first[k], hypotheses) for k, hypotheses in finished)
+                else:
+                    batch_results = ((batch, self._search_batch([src_ids[i] for i in batch])) for batch in batches)
+                for batch, hypotheses_of_batch in batch_results:
+                    for i, hypotheses in zip(batch, hypotheses_of_batch):
+                        results[i] = hypotheses
         finally:
             self.model.train(was_training)
         return results
