@@ -219,9 +219,8 @@ class Decoder(nn.Module):
         """The table serves search only (inside `search_tables`; no gradients, no dropout, no
         autocast), and only while it stays small: vocab x 4 * hidden floats, 32 MB for the
         reference model."""
-        if not self._in_search_block or self.training or torch.is_grad_enabled():
-            return False
-        if torch.is_autocast_enabled(device.type):
+        searching = self._in_search_block and not self.training and not torch.is_grad_enabled()
+        if not searching or torch.is_autocast_enabled(device.type):
             return False
         return self.embed.num_embeddings * self.rnn.cells[0].weight_ih.size(0) <= _SEARCH_TABLE_FLOATS
 
