@@ -1,8 +1,11 @@
 """Typed configuration: the one place where defaults live.
 
 Hydra composes `conf/` on top of these dataclasses (registered as the schema `nmt_config`), so a
-misspelt key stops the run at start. `to_config` turns the composed config into these dataclasses;
-their `__post_init__` checks values, so a bad value is reported in one line naming the key.
+misspelt key stops the run at start; the YAML presets hold only what they change. `to_config`
+turns the composed config into these dataclasses; their `__post_init__` checks values, so a bad
+value is reported in one line naming the key. `SearchOptions` and `InferenceOptions` are shared by
+validation, the Python API and the command lines, whose flags are generated from their fields
+(`nmt.cli.options`): the `help`, `flags` and `choices` of each field's metadata.
 The model, data and search code never see Hydra: they take plain arguments.
 """
 
@@ -12,12 +15,16 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 ATTENTION_KINDS = ("none", "bahdanau", "luong_dot", "luong_general")
-CELL_KINDS = ("lstm", "peephole", "cifg", "gru", "rnn")  # nmt.cells.CELL_KINDS, without importing torch
+CELL_KINDS = ("lstm", "peephole", "cifg", "gru", "rnn")  # nmt.model.cells registers one class per kind
 TOKENIZER_KINDS = ("unigram", "bpe")
 INIT_KINDS = ("uniform", "xavier", "pytorch")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "auto")
+QUANTIZE_KINDS = ("none", "int8")
 BATCHINGS = ("length", "source", "random")
+LENGTH_PENALTIES = ("none", "average", "gnmt")
+STOPPING_RULES = ("early", "exact")
+HARD_MAX_LEN = 512  # no output is longer, whatever max_len_a and max_len_b say
 
 
 class ConfigError(ValueError):
@@ -36,6 +43,90 @@ def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
 def _check_positive(key: str, value: float, allow_zero: bool = False) -> None:
     ok = value >= 0 if allow_zero else value > 0
     _check(ok, f"{key}={value} must be {'>= 0' if allow_zero else '> 0'}")
+
+
+def option(default: Any, help: str, flags: tuple[str, ...] = (), choices: tuple[str, ...] = ()) -> Any:
+    """A field that the command lines offer as a flag (named after the field unless `flags`)."""
+    return field(default=default, metadata={"help": help, "flags": flags, "choices": choices})
+
+
+def internal(default: Any) -> Any:
+    """A field of the Python API that no command line offers."""
+    return field(default=default, metadata={"cli": False})
+
+
+@dataclass
+class SearchOptions:
+    """How hypotheses are searched: one set of options for validation, `Translator`,
+    `nmt-translate` and `nmt-evaluate`."""
+
+    beam_size: int = option(
+        5, "beam size (1: greedy); with --sample, the samples drawn per input", ("--beam", "--beam-size")
+    )
+    nbest: int = option(1, "keep the N best hypotheses per input (N <= beam size)")
+    # Without a length penalty, beam search prefers short outputs (docs/experiments.md).
+    length_penalty: str = option(
+        "average", "rank by log-prob (none), log-prob / length (average) or GNMT's penalty", choices=LENGTH_PENALTIES
+    )
+    alpha: float = option(0.6, "alpha of the gnmt length penalty")
+    # "early": a sentence stops once its nbest-th finished hypothesis scores at least as well as
+    # every live beam would if it ended at the next step (fairseq's rule); "exact": once no live
+    # beam could win at any length up to the limit.
+    stopping: str = option("early", "beam search: when a sentence stops", choices=STOPPING_RULES)
+    min_len: int = option(0, "no eos before this many pieces")
+    max_len_a: float = option(1.5, "output length limit: a * source length + b pieces")
+    max_len_b: int = option(10, "output length limit: a * source length + b pieces")
+    no_repeat_ngram: int = option(0, "never repeat an n-gram of this size within a hypothesis (0: off)")
+    sample: bool = option(False, "draw every piece at random from the model's distribution instead of searching")
+    temperature: float = option(1.0, "sampling: divide the logits by this (< 1: sharper, > 1: flatter)")
+    top_k: int = option(0, "sampling: draw among the k most probable pieces only (0: all)")
+    top_p: float = option(1.0, "sampling: draw among the most probable pieces that hold this much probability")
+    seed: int = option(0, "sampling: the seed; the same seed, input and batches give the same samples")
+    max_len_cap: int = internal(HARD_MAX_LEN)
+    return_attention: bool = internal(False)  # each hypothesis carries its attention weights
+
+    def __post_init__(self) -> None:
+        _check(self.beam_size >= 1, f"beam_size={self.beam_size} must be >= 1")
+        _check(
+            1 <= self.nbest <= self.beam_size,
+            f"nbest={self.nbest} must be between 1 and the beam size ({self.beam_size})",
+        )
+        _check_choice("length_penalty", self.length_penalty, LENGTH_PENALTIES)
+        _check_choice("stopping", self.stopping, STOPPING_RULES)
+        for key in ("min_len", "max_len_b", "no_repeat_ngram", "top_k", "alpha"):
+            _check_positive(key, getattr(self, key), allow_zero=True)
+        _check_positive("max_len_a", self.max_len_a, allow_zero=True)
+        _check(self.max_len_cap >= 1, f"max_len_cap={self.max_len_cap} must be >= 1")
+        _check(self.no_repeat_ngram != 1, "no_repeat_ngram=1 would forbid every repeated piece; use 2 or more (0: off)")
+        _check(self.temperature > 0, f"temperature={self.temperature} must be > 0")
+        _check(0.0 < self.top_p <= 1.0, f"top_p={self.top_p} must be in (0, 1]")
+        sampling_only = {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
+        changed = [key for key, neutral in sampling_only.items() if getattr(self, key) != neutral]
+        _check(self.sample or not changed, f"{', '.join(changed)} only apply with sample=true (--sample)")
+
+
+@dataclass
+class InferenceOptions:
+    """Where and how a Translator runs: device, precision, batches and processes."""
+
+    device: str = option("auto", "auto (CUDA when present), cpu or cuda", choices=DEVICES)
+    # bf16: matrix products in bfloat16 under autocast; fast only where the hardware has native
+    # bf16 products (nmt.model.device); auto: bf16 there, else fp32.
+    precision: str = option(
+        "fp32", "bf16: matrix products in bfloat16 (autocast); auto: bf16 where native", choices=PRECISIONS
+    )
+    quantize: str = option("none", "int8: dynamic int8 LSTM and linear layers (CPU)", choices=QUANTIZE_KINDS)
+    batch_tokens: int = option(2000, "padded source tokens per batch")
+    # Forked CPU processes that search batches side by side, the cores split between them
+    # (nmt.workers); 0: one per core on Linux, else 1.
+    workers: int = option(0, "CPU processes searching side by side (0: one per core on Linux; 1: one process)")
+
+    def __post_init__(self) -> None:
+        _check_choice("device", self.device, DEVICES)
+        _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("quantize", self.quantize, QUANTIZE_KINDS)
+        _check_positive("batch_tokens", self.batch_tokens)
+        _check_positive("workers", self.workers, allow_zero=True)
 
 
 @dataclass
@@ -93,7 +184,7 @@ class EncoderConfig:
     hidden_size: int = 256  # per direction
     num_layers: int = 2
     bidirectional: bool = True
-    cell: str = "lstm"  # lstm | peephole | cifg | gru | rnn (nmt/cells.py)
+    cell: str = "lstm"  # one of CELL_KINDS (nmt/model/cells.py)
 
     def __post_init__(self) -> None:
         _check_positive("model.encoder.hidden_size", self.hidden_size)
@@ -153,15 +244,15 @@ class TrainConfig:
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda
     num_threads: int = 0  # CPU threads for torch; 0 leaves torch's default (every core)
     # Processes that train data-parallel on the CPU, each on a share of every batch with an equal
-    # share of the threads (nmt/data_parallel.py); 0: one per thread on Linux while each keeps
-    # ~1,000 batch tokens, else 1.
+    # share of the threads (nmt/training/data_parallel.py); 0: one per thread on Linux while each
+    # keeps ~1,000 batch tokens, else 1.
     workers: int = 0
     # fp32; bf16: matrix products in bfloat16 under autocast, weights and loss in fp32; auto: bf16
-    # where the hardware has native bf16 products, else fp32 (nmt/precision.py). Validation
+    # where the hardware has native bf16 products, else fp32 (nmt/model/device.py). Validation
     # translates in the same precision.
     precision: str = "fp32"
     # Tokens per batch, each pair counting its longer side + eos: with `length` batching the
-    # padded batch size x longest side, otherwise the sum over pairs (nmt/batching.py).
+    # padded batch size x longest side, otherwise the sum over pairs (nmt/data/batching.py).
     batch_tokens: int = 4000
     # length: equal target lengths per batch (least padding); source: equal source lengths, the
     # targets vary; random: the corpus' mix in every batch. The decoder skips target padding.
@@ -169,15 +260,15 @@ class TrainConfig:
     lr: float = 0.001
     clip_norm: float = 1.0  # 0 disables clipping
     label_smoothing: float = 0.1
-    # Exponential moving average of the weights (nmt/averaging.py); 0 turns it off. With it on,
-    # validation, best.pt and translation use the averaged weights (last.pt keeps both).
+    # Exponential moving average of the weights (nmt/training/averaging.py); 0 turns it off. With
+    # it on, validation, best.pt and translation use the averaged weights (last.pt keeps both).
     average_decay: float = 0.0
     # Learning-rate decay when validation loss stops improving.
     lr_decay_factor: float = 0.5
     lr_patience: int = 2
     min_lr: float = 1e-5
     # Or: the rate falls linearly to min_lr over this last share of the budget (max_steps,
-    # max_minutes or max_epochs, whichever ends first; nmt/schedule.py). 0 keeps it off.
+    # max_minutes or max_epochs, whichever ends first; nmt/training/schedule.py). 0 keeps it off.
     lr_anneal: float = 0.0
     # Stop at whichever comes first (0 disables a limit).
     max_epochs: int = 20
@@ -190,11 +281,10 @@ class TrainConfig:
     patience: int = 0
     # Validation BLEU decodes at most this many sentences (0: the whole validation set).
     valid_bleu_sentences: int = 0
-    valid_beam: int = 1  # beam size of the validation search (1: greedy)
+    # The search of validation BLEU: greedy unless asked, as it runs at every validation.
+    valid_search: SearchOptions = field(default_factory=lambda: SearchOptions(beam_size=1))
     valid_attention_plots: int = 3  # validation sentences whose attention goes to TensorBoard
     valid_gate_plots: bool = True  # every layer's gates on the first validation sentence, too
-    max_len_a: float = 1.5  # decoding stops after a * src_len + b pieces
-    max_len_b: int = 10
     # A run directory to continue from its checkpoints/last.pt.
     resume: str | None = None
 
@@ -225,9 +315,8 @@ class TrainConfig:
             0.0 <= self.average_decay < 1.0,
             f"train.average_decay={self.average_decay} must be in [0, 1) (0 turns averaging off)",
         )
-        _check_positive("train.valid_beam", self.valid_beam)
-        for key in ("lr_patience", "max_epochs", "max_steps", "validate_every", "save_every", "patience",
-                    "valid_attention_plots", "valid_bleu_sentences"):  # fmt: skip
+        counts = ("lr_patience", "max_epochs", "max_steps", "validate_every", "save_every", "patience")
+        for key in (*counts, "valid_attention_plots", "valid_bleu_sentences"):
             _check_positive(f"train.{key}", getattr(self, key), allow_zero=True)
         _check_positive("train.max_minutes", self.max_minutes, allow_zero=True)
         _check_positive("train.log_every", self.log_every)
@@ -248,15 +337,23 @@ class Config:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "Config":
+    def from_dict(cls, values: dict[str, Any]) -> Config:
+        """The inverse of `to_dict`; also reads the dicts of older checkpoints, whose train section
+        held the validation search as `valid_beam`, `max_len_a` and `max_len_b`."""
         data = dict(values["data"])
         data["tokenizer"] = TokenizerConfig(**data["tokenizer"])
         model = dict(values["model"])
         model["encoder"] = EncoderConfig(**model["encoder"])
         model["decoder"] = DecoderConfig(**model["decoder"])
-        return cls(
-            data=DataConfig(**data), model=ModelConfig(**model), train=TrainConfig(**values["train"])
-        )
+        train = dict(values["train"])
+        search = dict(train.pop("valid_search", None) or {})
+        legacy = {"valid_beam": "beam_size", "max_len_a": "max_len_a", "max_len_b": "max_len_b"}
+        for old, new in legacy.items():
+            if old in train:
+                search[new] = train.pop(old)
+        search.setdefault("beam_size", 1)
+        train["valid_search"] = SearchOptions(**search)
+        return cls(data=DataConfig(**data), model=ModelConfig(**model), train=TrainConfig(**train))
 
 
 def register_configs() -> None:

@@ -8,9 +8,9 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display is needed or wanted
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
 
 def attention_figure(weights: torch.Tensor, src_pieces: list[str], tgt_pieces: list[str]) -> plt.Figure:
@@ -29,9 +29,7 @@ def attention_figure(weights: torch.Tensor, src_pieces: list[str], tgt_pieces: l
     return figure
 
 
-def save_attention_heatmap(
-    weights: torch.Tensor, src_pieces: list[str], tgt_pieces: list[str], path: Path
-) -> None:
+def save_attention_heatmap(weights: torch.Tensor, src_pieces: list[str], tgt_pieces: list[str], path: Path) -> None:
     figure = attention_figure(weights, src_pieces, tgt_pieces)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)

@@ -11,7 +11,6 @@ has started, so the callers use workers on the CPU only).
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import pickle
 import queue
@@ -32,21 +31,15 @@ def can_fork() -> bool:
     return "fork" in multiprocessing.get_all_start_methods()
 
 
+def resolve_workers(workers: int) -> int:
+    """A worker count as configured: 0 means `default_workers()`."""
+    return workers or default_workers()
+
+
 def default_workers() -> int:
     """One worker per core torch would use on Linux; else 1. (macOS can fork, but its system
     libraries are not all safe to use after a fork, so there workers are asked for explicitly.)"""
     return torch.get_num_threads() if sys.platform.startswith("linux") and can_fork() else 1
-
-
-def parse_workers(text: str) -> int:
-    """argparse type of --workers: an integer of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
 
 
 class WorkerError(RuntimeError):
@@ -83,7 +76,7 @@ def map_in_workers(
                 # Plain pickle: the queue's own pickler would move every tensor into shared
                 # memory, one file descriptor each.
                 done.put((index, pickle.dumps(function(tasks[index])), None))
-            except BaseException:  # noqa: BLE001 - every failure must reach the parent, not hang it
+            except BaseException:
                 done.put((index, None, traceback.format_exc()))
                 return
 

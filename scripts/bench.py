@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import logging
 import os
@@ -41,14 +42,24 @@ log = logging.getLogger("bench")
 
 # The reference model, spelled with keys every revision knows (model=reference is an alias).
 REFERENCE = [
-    "model=lstm_attention", "model.embed_dim=256", "model.encoder.hidden_size=256", "model.encoder.num_layers=2",
-    "model.encoder.bidirectional=true", "model.decoder.hidden_size=512", "model.decoder.num_layers=2",
-    "model.attention=bahdanau", "model.input_feeding=true", "model.dropout=0.3", "data.tokenizer.vocab_size=8000",
-]  # fmt: skip
+    "model=lstm_attention",
+    "model.embed_dim=256",
+    "model.encoder.hidden_size=256",
+    "model.encoder.num_layers=2",
+    "model.encoder.bidirectional=true",
+    "model.decoder.hidden_size=512",
+    "model.decoder.num_layers=2",
+    "model.attention=bahdanau",
+    "model.input_feeding=true",
+    "model.dropout=0.3",
+    "data.tokenizer.vocab_size=8000",
+]
 # Padded tokens (batch x longer side) that give about 2,000 real target tokens per batch, the
 # peers' batches (describe_model prints the real count).
 REFERENCE_BATCH_TOKENS = 2400
-LOG_LINE = re.compile(r"^\[(?P<time>[\d\-: ,]+)\]\[nmt\.train\]\[INFO\] - step (?P<step>\d+) .*?(?P<rate>[\d.]+) target tokens/s")
+LOG_LINE = re.compile(
+    r"^\[(?P<time>[\d\-: ,]+)\]\[nmt\.train\]\[INFO\] - step (?P<step>\d+) .*?(?P<rate>[\d.]+) target tokens/s"
+)
 
 
 @dataclass
@@ -105,9 +116,17 @@ def matmul_peaks(size: int = 2048, seconds: float = 3.0) -> dict[str, float]:
 
 
 # --- the model's cost ----------------------------------------------------------------------------
-def flops_per_target_token(src_per_tgt: float, src_len: float, vocab: int = 8000, embed: int = 256,
-                           enc_hidden: int = 256, enc_layers: int = 2, dec_hidden: int = 512, dec_layers: int = 2,
-                           training: bool = True) -> float:  # fmt: skip
+def flops_per_target_token(
+    src_per_tgt: float,
+    src_len: float,
+    vocab: int = 8000,
+    embed: int = 256,
+    enc_hidden: int = 256,
+    enc_layers: int = 2,
+    dec_hidden: int = 512,
+    dec_layers: int = 2,
+    training: bool = True,
+) -> float:
     """Matrix-product FLOPs (multiply + add = 2) per target token of the reference model;
     training counts forward + backward as 3 forwards. `src_len`: mean source length (attention
     reads every source position at every target step)."""
@@ -132,15 +151,17 @@ def describe_model(data: str, batch_tokens: int, batching: str = "length") -> di
     on this corpus (tokenizer trained here as the training runs train theirs)."""
     import torch
 
-    from nmt.batching import make_batcher
     from nmt.config import DataConfig, ModelConfig
-    from nmt.data import prepare_data
-    from nmt.model import build_model, count_parameters
+    from nmt.data.batching import make_batcher
+    from nmt.data.corpus import prepare_data
+    from nmt.model.seq2seq import build_model, count_parameters
 
     tokenizer, corpus = prepare_data(DataConfig(source=data), None, num_threads=torch.get_num_threads())
     src = [len(ids) + 1 for ids in corpus["train"]["src_ids"]]  # + eos
     tgt = [len(ids) + 1 for ids in corpus["train"]["tgt_ids"]]
-    batches = make_batcher(batching, [n - 1 for n in src], [n - 1 for n in tgt], batch_tokens, seed=1234).epoch_batches(0)
+    batches = make_batcher(batching, [n - 1 for n in src], [n - 1 for n in tgt], batch_tokens, seed=1234).epoch_batches(
+        0
+    )
     real_per_batch = sum(tgt) / len(batches)
     model = build_model(ModelConfig(), tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
     src_len, src_per_tgt = sum(src) / len(src), sum(src) / sum(tgt)
@@ -158,20 +179,32 @@ def describe_model(data: str, batch_tokens: int, batching: str = "length") -> di
 
 
 # --- training --------------------------------------------------------------------------------------
-def run_training(tree: Path, label: str, overrides: list[str], window: tuple[int, int], data: str,
-                 python: str) -> TrainResult:  # fmt: skip
+def run_training(
+    tree: Path, label: str, overrides: list[str], window: tuple[int, int], data: str, python: str
+) -> TrainResult:
     """Train in a subprocess until the window's last step is logged, then stop it. Tokens/s:
     sum of (logged rate x interval) / sum of intervals, over the logging intervals inside the
     window, timed by the log's own timestamps (as ../shared/peers/parse_logs.py does)."""
     first, last = window
     with tempfile.TemporaryDirectory(prefix="nmt-bench-") as run_dir:
         command = [
-            python, "-c", "from nmt.train import main; main()", *REFERENCE, *overrides,
-            f"data.source={data}", f"train.max_steps={last + 1}", "train.max_epochs=0", "train.log_every=25",
-            "train.validate_every=0", "train.save_every=0", f"hydra.run.dir={run_dir}",
-        ]  # fmt: skip
+            python,
+            "-c",
+            "from nmt.training.trainer import main; main()",
+            *REFERENCE,
+            *overrides,
+            f"data.source={data}",
+            f"train.max_steps={last + 1}",
+            "train.max_epochs=0",
+            "train.log_every=25",
+            "train.validate_every=0",
+            "train.save_every=0",
+            f"hydra.run.dir={run_dir}",
+        ]
         env = {**os.environ, "PYTHONPATH": str(tree), "TQDM_DISABLE": "1"}
-        process = subprocess.Popen(command, cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        process = subprocess.Popen(
+            command, cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         stamps: list[tuple[int, float, float]] = []
         memory = PeakSampler(process.pid)  # the trainer and any helpers it forks
         assert process.stdout is not None
@@ -188,25 +221,39 @@ def run_training(tree: Path, label: str, overrides: list[str], window: tuple[int
         peak_kib = memory.stop()
         process.kill()
         process.wait()
-    inside = [(b, tb, rate) for (a, ta, _), (b, tb, rate) in zip(stamps, stamps[1:]) if a >= first and b <= last]
+    inside = [(b, tb, rate) for (a, ta, _), (b, tb, rate) in itertools.pairwise(stamps) if a >= first and b <= last]
     if not inside:
         raise RuntimeError(f"{label}: no log lines in steps {first}-{last}; its output ends:\n{''.join(output[-20:])}")
-    intervals = [tb - ta for (a, ta, _), (b, tb, _) in zip(stamps, stamps[1:]) if a >= first and b <= last]
+    intervals = [tb - ta for (a, ta, _), (b, tb, _) in itertools.pairwise(stamps) if a >= first and b <= last]
     tokens = sum(rate * seconds for (_, _, rate), seconds in zip(inside, intervals))
     return TrainResult(label, tokens / sum(intervals), peak_kib / 2**20, window)
 
 
 # --- translation -----------------------------------------------------------------------------------
-def run_translation(tree: Path, run: Path, label: str, options: list[str], source: Path, reference: Path,
-                    python: str) -> TranslateResult:  # fmt: skip
+def run_translation(
+    tree: Path, run: Path, label: str, options: list[str], source: Path, reference: Path, python: str
+) -> TranslateResult:
     """The whole `nmt-translate` command of the tree (start-up and model loading included), as the
     peers time theirs."""
     with tempfile.TemporaryDirectory(prefix="nmt-bench-") as tmp:
         output = Path(tmp) / "hyp"
-        command = [python, "-m", "nmt.translate", str(run), "-i", str(source), "-o", str(output), "--no-progress", *options]
+        command = [
+            python,
+            "-m",
+            "nmt.translation",
+            str(run),
+            "-i",
+            str(source),
+            "-o",
+            str(output),
+            "--no-progress",
+            *options,
+        ]
         started = time.perf_counter()
         env = {**os.environ, "PYTHONPATH": str(tree)}
-        result = subprocess.run(["/usr/bin/time", "-f", "%M", *command], cwd=tree, env=env, capture_output=True, text=True)
+        result = subprocess.run(
+            ["/usr/bin/time", "-f", "%M", *command], cwd=tree, env=env, capture_output=True, text=True
+        )
         seconds = time.perf_counter() - started
         if result.returncode != 0:
             raise RuntimeError(f"{label}: nmt-translate failed:\n{result.stderr[-2000:]}")
@@ -226,7 +273,9 @@ def run_peers() -> dict[str, float]:
     subprocess.run(["bash", str(PEERS / "setup.sh")], check=True, cwd=PEERS)
     subprocess.run(["bash", str(PEERS / "prepare.sh")], check=True, cwd=PEERS)
     for name in ("joey", "onmt"):
-        result = subprocess.run(["bash", str(PEERS / f"run_{name}.sh"), "throughput"], cwd=PEERS, capture_output=True, text=True)
+        result = subprocess.run(
+            ["bash", str(PEERS / f"run_{name}.sh"), "throughput"], cwd=PEERS, capture_output=True, text=True
+        )
         match = re.search(rf"{name} train_tok_s=([\d.]+)", result.stdout + result.stderr)
         if result.returncode != 0 or not match:
             raise RuntimeError(f"peer {name} failed:\n{(result.stdout + result.stderr)[-2000:]}")
@@ -236,7 +285,9 @@ def run_peers() -> dict[str, float]:
 
 def worktree(revision: str) -> Path:
     path = Path(tempfile.mkdtemp(prefix="nmt-baseline-")) / "tree"
-    subprocess.run(["git", "worktree", "add", "--detach", str(path), revision], cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", str(path), revision], cwd=ROOT, check=True, capture_output=True
+    )
     return path
 
 
@@ -261,19 +312,29 @@ def markdown(bench: Bench) -> str:
         f"{bench.model['batch_tokens']}, train.batching={bench.model.get('batching', 'length')})",
     ]
     if bench.train or bench.peers:
-        lines += ["", "| training (reference model) | target tok/s | vs first row | peak RSS | share of matmul peak |",
-                  "| --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
+        lines += [
+            "",
+            "| training (reference model) | target tok/s | vs first row | peak RSS | share of matmul peak |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
     base = bench.train[0].tokens_per_s if bench.train else 1.0
     for row in bench.train:
         share = f"{100 * row.matmul_share:.1f} %" if row.matmul_share is not None else ""
-        lines.append(f"| {row.label} | {row.tokens_per_s:,.0f} | {row.tokens_per_s / base:.2f} | {row.peak_rss_gib:.2f} GiB | {share} |")
+        lines.append(
+            f"| {row.label} | {row.tokens_per_s:,.0f} | {row.tokens_per_s / base:.2f} | {row.peak_rss_gib:.2f} GiB | {share} |"
+        )
     for name, rate in bench.peers.items():
         lines.append(f"| peer: {name} (steps 50-300) | {rate:,.0f} | {rate / base:.2f} | | |")
     if bench.translate:
-        lines += ["", "| translate 1,000 test sentences (whole command) | seconds | sentences/s | BLEU | peak RSS |",
-                  "| --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
+        lines += [
+            "",
+            "| translate 1,000 test sentences (whole command) | seconds | sentences/s | BLEU | peak RSS |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
         for row in bench.translate:
-            lines.append(f"| {row.label} | {row.seconds:.2f} | {row.sentences_per_s:.1f} | {row.bleu:.2f} | {row.peak_rss_mib:.0f} MiB |")
+            lines.append(
+                f"| {row.label} | {row.seconds:.2f} | {row.sentences_per_s:.1f} | {row.bleu:.2f} | {row.peak_rss_mib:.0f} MiB |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -284,10 +345,18 @@ def main() -> int:
     parser.add_argument("--raw", default=str(DEFAULT_DATA / "raw"), help="directory with test_2016_flickr.{de,en}.gz")
     parser.add_argument("--window", type=int, nargs=2, default=(50, 200), metavar=("FIRST", "LAST"))
     parser.add_argument("--batch-tokens", type=int, default=None, help="train.batch_tokens (default: the preset's)")
-    parser.add_argument("--batching", choices=["length", "source", "random"], default="length",
-                        help="train.batching (a baseline revision without the option batches by length)")
-    parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"],
-                        help="default: fp32, and bf16 where the CPU has it natively")
+    parser.add_argument(
+        "--batching",
+        choices=["length", "source", "random"],
+        default="length",
+        help="train.batching (a baseline revision without the option batches by length)",
+    )
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=["fp32", "bf16"],
+        help="default: fp32, and bf16 where the CPU has it natively",
+    )
     parser.add_argument("--baseline", metavar="REV", help="also measure this git revision, alternating with ours")
     parser.add_argument("--rounds", type=int, default=1, help="alternations of ours and the baseline")
     parser.add_argument("--run", type=Path, help="a trained reference run: also time translation")
@@ -299,7 +368,7 @@ def main() -> int:
 
     import torch
 
-    from nmt.precision import native_bf16
+    from nmt.model.device import native_bf16
 
     bf16 = native_bf16(torch.device("cpu"))
     args.precisions = args.precisions or (["fp32", "bf16"] if bf16 else ["fp32"])
@@ -308,9 +377,14 @@ def main() -> int:
     )
     python = sys.executable
     bench = Bench()
-    bench.machine = {"cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                     "cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": bf16,
-                     "peak_gflops": matmul_peaks()}  # fmt: skip
+    bench.machine = {
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "native_bf16": bf16,
+        "peak_gflops": matmul_peaks(),
+    }
     log.info("matmul peak: %s", bench.machine["peak_gflops"])
     batch_tokens = args.batch_tokens or REFERENCE_BATCH_TOKENS
     bench.model = describe_model(args.data, batch_tokens, args.batching)
@@ -328,7 +402,9 @@ def main() -> int:
                     overrides = extra + ([f"train.precision={precision}"] if supports_precision(tree) else [])
                     if args.batching != "length" and supports_batching(tree):
                         overrides.append(f"train.batching={args.batching}")
-                    result = run_training(tree, f"{name}, {precision}", overrides, tuple(args.window), args.data, python)
+                    result = run_training(
+                        tree, f"{name}, {precision}", overrides, tuple(args.window), args.data, python
+                    )
                     peak = bench.machine["peak_gflops"][precision] * 1e9
                     result.matmul_share = result.tokens_per_s * bench.model["train_mflops_per_tgt_token"] * 1e6 / peak
                     log.info("%s", result)
@@ -343,15 +419,20 @@ def main() -> int:
 
                 path.write_bytes(gzip.decompress((Path(args.raw) / f"test_2016_flickr.{lang}.gz").read_bytes()))
             settings = {
-                "greedy": ["--beam", "1"], "beam5": ["--beam", "5"],
-                "greedy-bf16": ["--beam", "1", "--precision", "bf16"], "beam5-bf16": ["--beam", "5", "--precision", "bf16"],
-                "greedy-int8": ["--beam", "1", "--quantize", "int8"], "beam5-int8": ["--beam", "5", "--quantize", "int8"],
-            }  # fmt: skip
+                "greedy": ["--beam", "1"],
+                "beam5": ["--beam", "5"],
+                "greedy-bf16": ["--beam", "1", "--precision", "bf16"],
+                "beam5-bf16": ["--beam", "5", "--precision", "bf16"],
+                "greedy-int8": ["--beam", "1", "--quantize", "int8"],
+                "beam5-int8": ["--beam", "5", "--quantize", "int8"],
+            }
             for name in args.translate:  # ours and the baseline alternately, setting by setting
                 for _ in range(args.rounds):
                     for tree_name, tree in trees:
                         label = name if tree == ROOT else f"{name}, {tree_name}"
-                        result = run_translation(tree, args.run.resolve(), label, settings[name], source, reference, python)
+                        result = run_translation(
+                            tree, args.run.resolve(), label, settings[name], source, reference, python
+                        )
                         log.info("%s", result)
                         bench.translate.append(result)
     if args.baseline:  # the baseline's worktree is the bench's own: remove it

@@ -17,7 +17,7 @@ import time
 import torch
 from torch import nn
 
-from nmt.rnn import RecurrentStack
+from nmt.model.rnn import RecurrentStack
 
 
 def main() -> None:
@@ -48,11 +48,19 @@ def main() -> None:
         return lambda: stack(x, lengths, explicit=explicit).outputs.sum().backward()
 
     variants = {"torch.nn.LSTM": run_baseline}
-    for kind, explicit in [("lstm", False), ("lstm", True), ("peephole", True), ("cifg", True),
-                           ("gru", False), ("gru", True), ("rnn", False), ("rnn", True)]:  # fmt: skip
+    for kind, explicit in [
+        ("lstm", False),
+        ("lstm", True),
+        ("peephole", True),
+        ("cifg", True),
+        ("gru", False),
+        ("gru", True),
+        ("rnn", False),
+        ("rnn", True),
+    ]:
         variants[f"{kind} ({'explicit' if explicit else 'fused'})"] = stack_runner(kind, explicit)
     seconds: dict[str, list[float]] = {name: [] for name in variants}
-    for name, run in variants.items():
+    for run in variants.values():
         run()  # warm-up
     for _ in range(args.rounds):
         for name, run in variants.items():
@@ -61,9 +69,11 @@ def main() -> None:
                 run()
             seconds[name].append((time.perf_counter() - started) / args.iterations)
     base = statistics.median(seconds["torch.nn.LSTM"])
-    print(f"encoder shape: {args.layers} bidirectional layers of {args.hidden}, input {args.input}, "
-          f"batch {args.batch} x up to {args.length} steps ({tokens} tokens), {torch.get_num_threads()} threads, "
-          f"median of {args.rounds} rounds\n")  # fmt: skip
+    print(
+        f"encoder shape: {args.layers} bidirectional layers of {args.hidden}, input {args.input}, "
+        f"batch {args.batch} x up to {args.length} steps ({tokens} tokens), {torch.get_num_threads()} threads, "
+        f"median of {args.rounds} rounds\n"
+    )
     print("| cell (path) | tokens/s relative to torch.nn.LSTM |")
     print("| --- | ---: |")
     for name in variants:

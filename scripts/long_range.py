@@ -3,7 +3,7 @@
 
 The task: a sequence starts with one of K symbols, then L distractor tokens follow; after the
 last one, the network must name the first symbol from its final hidden state (chance: 1/K).
-Each cell kind (nmt.cells) is trained on fresh random sequences for several lags L, and its
+Each cell kind (nmt.model.cells) is trained on fresh random sequences for several lags L, and its
 accuracy on held-out sequences is reported as a markdown table, a JSON file and a PNG plot.
 
     python scripts/long_range.py --out results/long_range [--lags 5 10 20 50 100] [--steps 1500]
@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nmt.cells import CELL_KINDS, set_forget_bias
-from nmt.rnn import RecurrentStack
+from nmt.model.cells import CELL_KINDS, set_forget_bias
+from nmt.model.rnn import RecurrentStack
 
 log = logging.getLogger("long_range")
 
@@ -111,8 +111,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     results = [run(kind, lag, args) for kind in args.kinds for lag in args.lags]
     chance = 1.0 / args.symbols
-    (args.out / "long_range.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                                          "results": results}, indent=2) + "\n")  # fmt: skip
+    (args.out / "long_range.json").write_text(
+        json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=2) + "\n"
+    )
     plot(results, chance, args.out / "long_range.png")
     print(f"| kind | {' | '.join(f'L={lag}' for lag in args.lags)} |")
     print(f"| --- |{' ---: |' * len(args.lags)}")

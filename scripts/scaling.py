@@ -31,11 +31,12 @@ ROOT = Path(__file__).resolve().parent.parent
 RAW = ROOT.parent / "shared" / "data" / "multi30k" / "raw"
 sys.path.insert(0, str(ROOT))
 
-from nmt.config import ModelConfig  # noqa: E402
-from nmt.loss import sequence_loss  # noqa: E402
-from nmt.model import build_model  # noqa: E402
-from nmt.precision import autocast  # noqa: E402
 from process_memory import tree_pss_kib  # noqa: E402  (scripts/)
+
+from nmt.config import ModelConfig  # noqa: E402
+from nmt.model.device import autocast  # noqa: E402
+from nmt.model.seq2seq import build_model  # noqa: E402
+from nmt.training.loss import sequence_loss  # noqa: E402
 
 VOCAB = 8000
 
@@ -71,8 +72,18 @@ def translate_seconds(run: Path, lines: list[str], options: list[str]) -> tuple[
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "in.de"
         source.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-        command = [sys.executable, "-m", "nmt.translate", str(run), "-i", str(source),
-                   "-o", str(Path(tmp) / "out"), "--no-progress", *options]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "nmt.translation",
+            str(run),
+            "-i",
+            str(source),
+            "-o",
+            str(Path(tmp) / "out"),
+            "--no-progress",
+            *options,
+        ]
         started = time.perf_counter()
         log_path = Path(tmp) / "stderr"
         # stderr to a file, not a pipe: nobody reads a pipe while we poll, and a full one would stall the command.
@@ -136,24 +147,51 @@ def main() -> int:
         results["train_by_batch_tokens"] = dict(zip(budgets, by_batch))
         results["train_by_length"] = dict(zip(lengths, by_length))
         print(json.dumps(results, indent=1), flush=True)
-        plot(budgets, {args.precision: by_batch}, "target tokens per batch (sentences of 15)", "target tokens/s",
-             "training speed vs batch size", args.out / "scaling_batch.png", logx=True)  # fmt: skip
-        plot(lengths, {args.precision: by_length}, "sentence length (pieces), ~2,000 tokens per batch",
-             "target tokens/s", "training speed vs sentence length", args.out / "scaling_length.png", logx=True)  # fmt: skip
+        plot(
+            budgets,
+            {args.precision: by_batch},
+            "target tokens per batch (sentences of 15)",
+            "target tokens/s",
+            "training speed vs batch size",
+            args.out / "scaling_batch.png",
+            logx=True,
+        )
+        plot(
+            lengths,
+            {args.precision: by_length},
+            "sentence length (pieces), ~2,000 tokens per batch",
+            "target tokens/s",
+            "training speed vs sentence length",
+            args.out / "scaling_length.png",
+            logx=True,
+        )
 
     if not args.skip_translate and args.run:
         test = gzip.decompress((RAW / "test_2016_flickr.de.gz").read_bytes()).decode("utf-8").splitlines()
         counts = [125, 250, 500, 1000, 2000, 4000]
         seconds = [translate_seconds(args.run, (test * 4)[:n], ["--precision", args.precision])[0] for n in counts]
         results["translate_seconds_by_sentences"] = dict(zip(counts, seconds))
-        plot(counts, {"greedy": seconds}, "sentences", "seconds (whole command)",
-             "translation time vs input size", args.out / "scaling_translate.png")  # fmt: skip
+        plot(
+            counts,
+            {"greedy": seconds},
+            "sentences",
+            "seconds (whole command)",
+            "translation time vs input size",
+            args.out / "scaling_translate.png",
+        )
         sizes = [1000, 4000, 16000]
         memory = [translate_seconds(args.run, (test * 64)[:n], ["--precision", args.precision])[1] for n in sizes]
         results.pop("translate_peak_rss_mib_by_lines", None)  # the largest process's, before workers
         results["translate_peak_pss_mib_by_lines"] = dict(zip(sizes, memory))
-        plot(sizes, {"greedy": memory}, "input lines", "peak memory, all processes (PSS, MiB)",
-             "translation memory vs input size", args.out / "scaling_memory.png", logx=True)  # fmt: skip
+        plot(
+            sizes,
+            {"greedy": memory},
+            "input lines",
+            "peak memory, all processes (PSS, MiB)",
+            "translation memory vs input size",
+            args.out / "scaling_memory.png",
+            logx=True,
+        )
     (args.out / "scaling.json").write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=1))
     return 0

@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from nmt.config import register_configs, to_config  # noqa: E402
-from nmt.data import prepare_data  # noqa: E402
-from nmt.train import CONF_DIR, Trainer  # noqa: E402
+from nmt.data.corpus import prepare_data  # noqa: E402
+from nmt.training.trainer import CONF_DIR, Trainer  # noqa: E402
 
 
 def main() -> int:
@@ -40,8 +40,13 @@ def main() -> int:
     from hydra import compose, initialize_config_dir
 
     register_configs()
-    overrides = ["model=reference", "train=peers", "train.batching=length", f"train.batch_tokens={args.batch_tokens}",
-                 f"data.source={args.data}"]  # fmt: skip
+    overrides = [
+        "model=reference",
+        "train=peers",
+        "train.batching=length",
+        f"train.batch_tokens={args.batch_tokens}",
+        f"data.source={args.data}",
+    ]
     with initialize_config_dir(str(CONF_DIR), version_base=None):
         config = to_config(compose("config", overrides=overrides))
     tokenizer, corpus = prepare_data(config.data, None, num_threads=torch.get_num_threads())

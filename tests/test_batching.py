@@ -3,8 +3,8 @@ import random
 import pytest
 import torch
 
-from nmt.batching import BucketBatcher, RandomBatcher, collate, make_batcher, pack_targets, token_budget_batches
-from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from nmt.data.batching import BucketBatcher, RandomBatcher, collate, make_batcher, pack_targets, token_budget_batches
+from nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 
 def lengths(n: int, seed: int = 0) -> tuple[list[int], list[int]]:

@@ -4,11 +4,19 @@ import pytest
 import torch
 from torch import nn
 
-from nmt.cells import CELL_KINDS, make_cell, set_forget_bias
-from nmt.rnn import RecurrentStack
+from nmt.config import CELL_KINDS
+from nmt.model.cells import make_cell, set_forget_bias
+from nmt.model.rnn import RecurrentStack
 
 TORCH_TWINS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 LENGTHS = torch.tensor([7, 3, 5, 1])
+# torch's names of a recurrent layer's weights -> a cell's
+TORCH_NAMES = {
+    "weight_ih": "input_proj.weight",
+    "weight_hh": "hidden_proj.weight",
+    "bias_ih": "input_proj.bias",
+    "bias_hh": "hidden_proj.bias",
+}
 
 
 def padded_input(input_size: int = 5, seed: int = 0) -> torch.Tensor:
@@ -22,8 +30,8 @@ def copy_from_twin(stack: RecurrentStack, twin: nn.Module) -> None:
         for index, cell in enumerate(stack.cells):
             layer, direction = divmod(index, stack.num_directions)
             suffix = f"_l{layer}" + ("_reverse" if direction else "")
-            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-                getattr(cell, name).copy_(getattr(twin, name + suffix))
+            for name, ours in TORCH_NAMES.items():
+                cell.get_parameter(ours).copy_(getattr(twin, name + suffix))
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
@@ -52,8 +60,10 @@ def test_matches_torch_on_padded_multilayer_bidirectional_batches(kind, record):
     for index, cell in enumerate(stack.cells):
         layer, direction = divmod(index, 2)
         suffix = f"_l{layer}" + ("_reverse" if direction else "")
-        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-            torch.testing.assert_close(getattr(cell, name).grad, getattr(twin, name + suffix).grad, atol=1e-5, rtol=1e-5)
+        for name, ours in TORCH_NAMES.items():
+            torch.testing.assert_close(
+                cell.get_parameter(ours).grad, getattr(twin, name + suffix).grad, atol=1e-5, rtol=1e-5
+            )
 
 
 def sigma(v: torch.Tensor) -> torch.Tensor:
@@ -64,8 +74,8 @@ def reference_step(kind: str, cell, x: torch.Tensor, h: torch.Tensor, c: torch.T
     """The issue's equations, written out: W[h, x] with the weights split by gate."""
     H = cell.hidden_size
     hx = torch.cat([h, x])
-    W = torch.cat([cell.weight_hh, cell.weight_ih], dim=1)  # acts on [h, x]
-    b = cell.bias_ih + cell.bias_hh
+    W = torch.cat([cell.hidden_proj.weight, cell.input_proj.weight], dim=1)  # acts on [h, x]
+    b = cell.input_proj.bias + cell.hidden_proj.bias
     gate = lambda k: W[k * H : (k + 1) * H] @ hx + b[k * H : (k + 1) * H]  # noqa: E731
     if kind in ("lstm", "peephole"):
         peep = kind == "peephole"
@@ -80,9 +90,23 @@ def reference_step(kind: str, cell, x: torch.Tensor, h: torch.Tensor, c: torch.T
         c_t = f * c + (1 - f) * candidate
         return o * torch.tanh(c_t), c_t
     if kind == "gru":
-        r = sigma(cell.weight_ih[:H] @ x + cell.bias_ih[:H] + cell.weight_hh[:H] @ h + cell.bias_hh[:H])
-        u = sigma(cell.weight_ih[H : 2 * H] @ x + cell.bias_ih[H : 2 * H] + cell.weight_hh[H : 2 * H] @ h + cell.bias_hh[H : 2 * H])
-        candidate = torch.tanh(cell.weight_ih[2 * H :] @ x + cell.bias_ih[2 * H :] + r * (cell.weight_hh[2 * H :] @ h + cell.bias_hh[2 * H :]))
+        r = sigma(
+            cell.input_proj.weight[:H] @ x
+            + cell.input_proj.bias[:H]
+            + cell.hidden_proj.weight[:H] @ h
+            + cell.hidden_proj.bias[:H]
+        )
+        u = sigma(
+            cell.input_proj.weight[H : 2 * H] @ x
+            + cell.input_proj.bias[H : 2 * H]
+            + cell.hidden_proj.weight[H : 2 * H] @ h
+            + cell.hidden_proj.bias[H : 2 * H]
+        )
+        candidate = torch.tanh(
+            cell.input_proj.weight[2 * H :] @ x
+            + cell.input_proj.bias[2 * H :]
+            + r * (cell.hidden_proj.weight[2 * H :] @ h + cell.hidden_proj.bias[2 * H :])
+        )
         return u * h + (1 - u) * candidate, None
     return torch.tanh(gate(0)), None
 
@@ -113,12 +137,12 @@ def test_every_kind_follows_its_equations(kind):
 @pytest.mark.parametrize("kind", CELL_KINDS)
 def test_a_translation_step_computes_what_a_training_step_does(kind):
     """Without autograd an lstm step works in place and through tanh(x) = 2 sigmoid(2x) - 1
-    (nmt.cells.tanh_); it must give the training step's h and c, saturated units included."""
+    (nmt.model.cells.tanh_); it must give the training step's h and c, saturated units included."""
     torch.manual_seed(4)
     cell = make_cell(kind, 6, 5)
     x, h = torch.randn(7, 6) * 3, torch.randn(7, 5)
     c = torch.randn(7, 5) * 4 if cell.has_cell_state else None
-    projected = cell.project_input(x)
+    projected = cell.input_proj(x)
     trained_h, trained_c, _ = cell.step(projected, h, c)
     assert trained_h.requires_grad
     with torch.inference_mode():
@@ -148,7 +172,7 @@ def test_recorded_gates_have_a_value_per_step_and_unit():
     assert set(out.gates[0]) == {"forget", "input", "output", "cell", "hidden"}
     assert out.gates[0]["forget"].shape == (4, 7, 4)
     forget = out.gates[0]["forget"].detach()
-    assert 0 < float(forget.min()) and float(forget.max()) < 1
+    assert float(forget.min()) > 0 and float(forget.max()) < 1
     gru = RecurrentStack("gru", 5, 4)(padded_input(), LENGTHS, record=True)
     assert set(gru.gates[0]) == {"update", "reset", "hidden"}
 
@@ -158,9 +182,13 @@ def test_forget_bias_opens_the_forget_gate(kind):
     cell = make_cell(kind, 3, 4)
     set_forget_bias(cell, 1.0)
     with torch.no_grad():
-        cell.weight_ih.zero_()
-        cell.weight_hh.zero_()
-        _, _, gates = cell.step(cell.project_input(torch.zeros(1, 1, 3))[:, 0], torch.zeros(1, 4),
-                                torch.zeros(1, 4) if cell.has_cell_state else None, record=True)
+        cell.input_proj.weight.zero_()
+        cell.hidden_proj.weight.zero_()
+        _, _, gates = cell.step(
+            cell.input_proj(torch.zeros(1, 1, 3))[:, 0],
+            torch.zeros(1, 4),
+            torch.zeros(1, 4) if cell.has_cell_state else None,
+            record=True,
+        )
     name = "update" if kind == "gru" else "forget"
     torch.testing.assert_close(gates[name], torch.full((1, 4), float(torch.sigmoid(torch.tensor(1.0)))))

@@ -1,18 +1,15 @@
-from pathlib import Path
-
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import OmegaConfBaseException
 
-from nmt.config import Config, ConfigError, register_configs, to_config
-
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+from nmt.config import Config, ConfigError, SearchOptions, TrainConfig, register_configs, to_config
 
 
 def compose_config(*overrides: str) -> Config:
+    """The config nmt-train composes, from the package's configs as an installed nmt finds them."""
     register_configs()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+    with initialize_config_module(config_module="nmt.conf", version_base=None):
         return to_config(compose(config_name="config", overrides=list(overrides)))
 
 
@@ -83,3 +80,43 @@ def test_wrong_type_is_a_config_error():
 def test_config_survives_a_round_trip_through_a_plain_dict():
     config = compose_config("train=quick")
     assert Config.from_dict(config.to_dict()) == config
+
+
+def test_the_peers_preset_is_the_peers_recipe():
+    """The preset holds only what it changes: the recipe it stands for must not move with a default."""
+    config = compose_config("model=reference", "train=peers")
+    model, train = config.model, config.train
+    assert (model.embed_dim, model.encoder.hidden_size, model.encoder.num_layers, model.encoder.bidirectional) == (
+        256,
+        256,
+        2,
+        True,
+    )
+    assert (model.decoder.hidden_size, model.decoder.num_layers, model.attention, model.input_feeding) == (
+        512,
+        2,
+        "bahdanau",
+        True,
+    )
+    assert (model.dropout, model.init, model.init_range, model.forget_bias) == (0.3, "uniform", 0.1, None)
+    assert (train.lr, train.lr_decay_factor, train.clip_norm, train.precision) == (0.001, 1.0, 1.0, "fp32")
+    assert (train.batching, train.batch_tokens, train.max_minutes, train.validate_every) == ("source", 2270, 24.2, 200)
+
+
+def test_validation_search_is_greedy_and_configurable():
+    assert compose_config().train.valid_search == SearchOptions(beam_size=1)
+    config = compose_config("train.valid_search.beam_size=4", "train.valid_search.length_penalty=gnmt")
+    assert (config.train.valid_search.beam_size, config.train.valid_search.length_penalty) == (4, "gnmt")
+    with pytest.raises(ConfigError, match="nbest=5 must be between 1 and the beam size"):
+        compose_config("train.valid_search.nbest=5")
+
+
+def test_a_config_saved_before_validation_had_its_search_options_still_loads():
+    """Checkpoints carry their config as a dict; older ones held the validation search as
+    train.valid_beam, train.max_len_a and train.max_len_b."""
+    values = Config().to_dict()
+    del values["train"]["valid_search"]
+    values["train"].update(valid_beam=3, max_len_a=2.0, max_len_b=5)
+    loaded = Config.from_dict(values)
+    assert loaded.train.valid_search == SearchOptions(beam_size=3, max_len_a=2.0, max_len_b=5)
+    assert loaded.train == TrainConfig(valid_search=SearchOptions(beam_size=3, max_len_a=2.0, max_len_b=5))

@@ -1,13 +1,11 @@
 import socket
-from pathlib import Path
 
 import datasets
 import pytest
+from helpers import SPLITS, write_lines
 
-from nmt import data
-from nmt.data import DataError, filter_by_length, load_corpus
-
-from conftest import SPLITS, write_lines
+from nmt.data import corpus as corpus_module
+from nmt.data.corpus import DataError, filter_by_length, load_corpus
 
 
 def test_text_files_plain_and_gzipped_load_into_src_tgt(text_corpus):
@@ -31,8 +29,8 @@ def test_hub_layout_directory_loads_any_language_pair(hub_corpus):
 def test_hub_id_is_passed_to_load_dataset(monkeypatch, hub_corpus):
     calls = []
     real = datasets.load_dataset(str(hub_corpus))
-    monkeypatch.setattr(data, "_check_hub_reachable", lambda hub_id: None)
-    monkeypatch.setattr(data.datasets, "load_dataset", lambda source: calls.append(source) or real)
+    monkeypatch.setattr(corpus_module, "check_hub_reachable", lambda hub_id: None)
+    monkeypatch.setattr(corpus_module.datasets, "load_dataset", lambda source: calls.append(source) or real)
     corpus = load_corpus("bentrevett/multi30k", "de", "en")
     assert calls == ["bentrevett/multi30k"]
     assert len(corpus["train"]) == len(SPLITS["train"])
@@ -45,7 +43,7 @@ def test_unreachable_hub_fails_at_once_naming_the_override(monkeypatch):
         raise OSError("Name or service not known")
 
     monkeypatch.setattr(socket, "create_connection", refuse)
-    with pytest.raises(DataError, match="data.source=PATH") as error:
+    with pytest.raises(DataError, match=r"data.source=PATH") as error:
         load_corpus("bentrevett/multi30k", "de", "en")
     assert "NMT_DATA" in str(error.value)
 
@@ -90,5 +88,5 @@ def test_length_filter_and_train_limit(text_corpus):
     assert len(corpus["train"]) == 10
     encoded = datasets.Dataset.from_dict({"src_ids": [[1] * 3, [1] * 8, [1] * 2], "tgt_ids": [[1] * 3, [1], [1] * 9]})
     assert len(filter_by_length(encoded, 5)) == 1
-    with pytest.raises(DataError, match="raise data.max_len"):
+    with pytest.raises(DataError, match=r"raise data.max_len"):
         filter_by_length(encoded, 1)

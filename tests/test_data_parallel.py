@@ -7,14 +7,13 @@ import signal
 
 import pytest
 import torch
+from helpers import tiny_config
 
 from nmt.checkpoint import load_checkpoint
-from nmt.data import prepare_data
-from nmt.data_parallel import GradientExchange, split_batch
-from nmt.train import Trainer, run_training
+from nmt.data.corpus import prepare_data
+from nmt.training.data_parallel import GradientExchange, split_batch
+from nmt.training.trainer import Trainer, run_training
 from nmt.workers import WorkerError
-
-from test_train import tiny_config
 
 
 def test_split_batch_deals_every_pair_once_in_shares_of_nearly_equal_cost():
@@ -45,14 +44,16 @@ def test_the_exchange_gives_every_process_the_sum_of_all_gradients():
     parameters = [torch.nn.Parameter(torch.zeros(shape)) for shape in [(3, 5), (7,), (2, 2, 2)]]
     exchange = GradientExchange(parameters, 3, context)
     results = context.Queue()
-    processes = [context.Process(target=_exchange_worker, args=(exchange, parameters, rank, results)) for rank in (1, 2)]
+    processes = [
+        context.Process(target=_exchange_worker, args=(exchange, parameters, rank, results)) for rank in (1, 2)
+    ]
     for process in processes:
         process.start()
     _exchange_worker(exchange, parameters, 0, results)
     got = [results.get(timeout=30) for _ in range(9)]
     for process in processes:
         process.join(timeout=30)
-    for rank, step, total_loss, gradients in got:
+    for _rank, step, total_loss, gradients in got:
         assert total_loss == 0 + 1 + 2 + 30 * step
         for number, (gradient, parameter) in enumerate(zip(gradients, parameters)):
             # ranks 0, 1, 2 added (rank + 1) * (number + 1) + step each
@@ -63,12 +64,9 @@ def test_the_exchange_gives_every_process_the_sum_of_all_gradients():
 def _first_step_gradients(config, run_dir) -> tuple[float, list[torch.Tensor]]:
     tokenizer, corpus = prepare_data(config.data, None, num_threads=1)
     trainer = Trainer(config, run_dir, tokenizer, corpus, torch.device("cpu"))
-    trainer._start_helpers()
-    try:
-        loss_sum, _ = trainer._train_step(trainer.batcher.epoch_batches(0)[0])
+    with trainer.data_parallel():
+        loss_sum, _ = trainer.train_step(trainer.batcher.epoch_batches(0)[0])
         return loss_sum, [parameter.grad.clone() for parameter in trainer.model.parameters()]
-    finally:
-        trainer._stop_helpers()
 
 
 def test_the_shards_gradients_add_up_to_the_whole_batchs(text_corpus, tmp_path):
@@ -115,14 +113,14 @@ def test_a_data_parallel_run_resumes_exactly(text_corpus, tmp_path):
 
 def _fail_in_helpers(monkeypatch, failure) -> None:
     trainer_pid = os.getpid()
-    original = Trainer._shard_backward
+    original = Trainer.shard_backward
 
     def shard_backward(self, indices, batch_tokens):
         if os.getpid() != trainer_pid:
             failure()
         return original(self, indices, batch_tokens)
 
-    monkeypatch.setattr(Trainer, "_shard_backward", shard_backward)
+    monkeypatch.setattr(Trainer, "shard_backward", shard_backward)
 
 
 def test_a_failing_helper_stops_training_with_its_traceback(text_corpus, tmp_path, monkeypatch):
@@ -130,7 +128,7 @@ def test_a_failing_helper_stops_training_with_its_traceback(text_corpus, tmp_pat
         raise RuntimeError("out of something")
 
     _fail_in_helpers(monkeypatch, failure)
-    with pytest.raises(WorkerError, match="(?s)a training worker failed.*RuntimeError: out of something"):
+    with pytest.raises(WorkerError, match=r"(?s)a training worker failed.*RuntimeError: out of something"):
         run_training(tiny_config(text_corpus, workers=2), tmp_path / "run")
 
 

@@ -4,10 +4,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import SPLITS, write_lines
 
-from nmt.evaluate import bleu, corpus_scores
-
-from conftest import SPLITS, write_lines
+from nmt.scoring import bleu, corpus_scores
 
 BIN = Path(sys.executable).parent
 
@@ -39,7 +38,9 @@ def test_split_of_the_runs_corpus_writes_hypotheses_that_sacrebleu_scores_the_sa
     assert f"{bleu_row['score']:.2f}" in result.stdout
     # sacrebleu's own command line on the written hypotheses gives the same BLEU.
     refs = trained_run.parent / "corpus" / "test.en"
-    by_hand = subprocess.run([str(BIN / "sacrebleu"), str(refs), "-i", str(hyp), "-b", "-w", "4"], capture_output=True, text=True)
+    by_hand = subprocess.run(
+        [str(BIN / "sacrebleu"), str(refs), "-i", str(hyp), "-b", "-w", "4"], capture_output=True, text=True
+    )
     assert float(by_hand.stdout) == pytest.approx(bleu_row["score"], abs=0.005)
 
 

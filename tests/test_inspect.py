@@ -4,8 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from conftest import PAIRS
+from helpers import PAIRS
 
 BIN = Path(sys.executable).parent
 
@@ -13,11 +12,18 @@ BIN = Path(sys.executable).parent
 def test_inspector_writes_a_plot_per_layer_and_the_numbers(trained_run, tmp_path):
     sentence = PAIRS[0][0]
     out = tmp_path / "gates"
-    result = subprocess.run([str(BIN / "nmt-inspect"), str(trained_run), sentence, "-o", str(out)],
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [str(BIN / "nmt-inspect"), str(trained_run), sentence, "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.glob("*.png")) == [
-        "decoder_layer0_forward.png", "encoder_layer0_backward.png", "encoder_layer0_forward.png"]
+        "decoder_layer0_forward.png",
+        "encoder_layer0_backward.png",
+        "encoder_layer0_forward.png",
+    ]
     numbers = json.loads((out / "gates.json").read_text())
     assert numbers["source"] == sentence and numbers["translation"] == result.stdout.strip()
     encoder = numbers["layers"][0]
@@ -33,13 +39,22 @@ def test_inspector_writes_a_plot_per_layer_and_the_numbers(trained_run, tmp_path
 
 def test_translate_gates_option_and_errors(trained_run, tmp_path):
     stdin = f"{PAIRS[1][0]}\n\n"
-    result = subprocess.run([str(BIN / "nmt-translate"), str(trained_run), "--gates", str(tmp_path / "g")],
-                            input=stdin, capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [str(BIN / "nmt-translate"), str(trained_run), "--gates", str(tmp_path / "g")],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert [p.name for p in sorted((tmp_path / "g").iterdir())] == ["000001"]
     assert (tmp_path / "g" / "000001" / "gates.json").is_file()
-    empty = subprocess.run([str(BIN / "nmt-inspect"), str(trained_run), "  ", "-o", str(tmp_path / "e")],
-                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    empty = subprocess.run(
+        [str(BIN / "nmt-inspect"), str(trained_run), "  ", "-o", str(tmp_path / "e")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert empty.returncode == 2 and "the sentence is empty" in empty.stderr
 
 
@@ -51,13 +66,16 @@ def test_cells_without_a_cell_state_are_inspected_and_plotted(cell, seed, tmp_pa
     import torch
 
     from nmt.config import DecoderConfig, EncoderConfig, ModelConfig
-    from nmt.inspect_gates import inspect_sentence, write_inspection
-    from nmt.model import build_model
-    from nmt.tokenizer import Tokenizer
+    from nmt.data.tokenizer import Tokenizer
+    from nmt.inspection import inspect_sentence, write_inspection
+    from nmt.model.seq2seq import build_model
 
     tokenizer = Tokenizer.train([de for de, _ in PAIRS], [en for _, en in PAIRS], vocab_size=60)
-    config = ModelConfig(embed_dim=8, encoder=EncoderConfig(hidden_size=6, num_layers=1, cell=cell),
-                         decoder=DecoderConfig(hidden_size=8, num_layers=1, cell=cell))  # fmt: skip
+    config = ModelConfig(
+        embed_dim=8,
+        encoder=EncoderConfig(hidden_size=6, num_layers=1, cell=cell),
+        decoder=DecoderConfig(hidden_size=8, num_layers=1, cell=cell),
+    )
     torch.manual_seed(seed)
     model = build_model(config, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
     translation, layers = inspect_sentence(model, tokenizer, PAIRS[0][0], torch.device("cpu"))

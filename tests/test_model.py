@@ -1,34 +1,11 @@
 import pytest
 import torch
+from helpers import VOCAB, random_batch, small_model
 
-from nmt.attention import make_attention
-from nmt.batching import pad
-from nmt.bridge import Bridge
-from nmt.config import DecoderConfig, EncoderConfig, ModelConfig
-from nmt.encoder import RecurrentState
-from nmt.model import build_model
-
-VOCAB = 40
-
-
-def small_model(**overrides) -> torch.nn.Module:
-    options = dict(
-        embed_dim=16,
-        encoder=EncoderConfig(hidden_size=12, num_layers=2, bidirectional=True),
-        decoder=DecoderConfig(hidden_size=24, num_layers=2),
-        attention="bahdanau",
-        input_feeding=True,
-        dropout=0.0,
-    )
-    options.update(overrides)
-    torch.manual_seed(0)
-    return build_model(ModelConfig(**options), VOCAB, VOCAB).eval()
-
-
-def random_batch(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    rows = [torch.randint(4, VOCAB, (n,), generator=generator).tolist() for n in lengths]
-    return pad(rows), torch.tensor(lengths)
+from nmt.config import DecoderConfig, EncoderConfig
+from nmt.model.attention import make_attention
+from nmt.model.bridge import Bridge
+from nmt.model.encoder import RecurrentState
 
 
 def test_padding_changes_nothing_for_a_sentence_in_a_batch():
@@ -103,12 +80,11 @@ def test_teacher_forcing_equals_stepping_the_decoder(attention, input_feeding):
     model = small_model(attention=attention, input_feeding=input_feeding)
     src, lengths = random_batch([5, 3, 8])
     tgt_in = torch.randint(4, VOCAB, (3, 7))
-    assert model.decoder.fused == (not model.decoder.input_feeding)
     with torch.no_grad():
         logits = model(src, lengths, tgt_in)
         state = model.init_decoder(model.encode(src, lengths))
         for t in range(tgt_in.size(1)):
-            log_probs, state = model.decoder.step(tgt_in[:, t], state)
+            log_probs, state = model.step(tgt_in[:, t], state)
             torch.testing.assert_close(log_probs, torch.log_softmax(logits[:, t], -1), atol=1e-5, rtol=1e-5)
 
 
@@ -119,25 +95,25 @@ def test_without_attention_the_final_state_is_the_only_bridge():
     with torch.no_grad():
         encoded = model.encode(src, lengths)
         state = model.init_decoder(encoded)
-        logits, _ = model.decoder(tgt_in, state)
+        logits = model.decoder(tgt_in, state)
         state.memory = torch.randn_like(state.memory)  # the memory is never read
-        again, _ = model.decoder(tgt_in, state)
+        again = model.decoder(tgt_in, state)
         torch.testing.assert_close(logits, again)
         state.hidden = RecurrentState(state.hidden.h + 0.5, state.hidden.c)
-        moved, _ = model.decoder(tgt_in, state)
+        moved = model.decoder(tgt_in, state)
         assert not torch.allclose(moved, logits)
 
 
-def test_state_reorder_selects_batch_rows():
+def test_selected_sentences_decode_as_they_would_have_in_place():
     model = small_model()
     src, lengths = random_batch([5, 3, 8])
     with torch.no_grad():
         state = model.init_decoder(model.encode(src, lengths))
-        _, state = model.decoder.step(torch.tensor([4, 5, 6]), state)
+        _, state = model.step(torch.tensor([4, 5, 6]), state)
         index = torch.tensor([2, 2, 0])
-        reordered = state.reorder(index)
-        log_probs, _ = model.decoder.step(torch.tensor([7, 7, 7]), reordered)
-        expected, _ = model.decoder.step(torch.tensor([7, 7, 7]), state)
+        reordered = state.select_sentences(index)
+        log_probs, _ = model.step(torch.tensor([7, 7, 7]), reordered)
+        expected, _ = model.step(torch.tensor([7, 7, 7]), state)
     torch.testing.assert_close(log_probs, expected[index])
 
 
@@ -160,7 +136,8 @@ def test_forget_gates_start_open_in_encoder_and_decoder():
     model = small_model(forget_bias=1.0)
     for cell in (*model.encoder.rnn.cells, *model.decoder.rnn.cells):
         forget = slice(cell.hidden_size, 2 * cell.hidden_size)  # i, f, candidate, o
-        torch.testing.assert_close(cell.bias_ih[forget] + cell.bias_hh[forget], torch.ones(cell.hidden_size))
+        biases = cell.input_proj.bias[forget] + cell.hidden_proj.bias[forget]
+        torch.testing.assert_close(biases, torch.ones(cell.hidden_size))
 
 
 @pytest.mark.parametrize(
@@ -179,7 +156,7 @@ def test_every_cell_kind_trains_decodes_and_ignores_padding(encoder_cell, decode
         state = model.init_decoder(model.encode(src, lengths))
         assert (state.hidden.c is None) == (decoder_cell in ("gru", "rnn"))
         for t in range(tgt_in.size(1)):
-            log_probs, state = model.decoder.step(tgt_in[:, t], state)
+            log_probs, state = model.step(tgt_in[:, t], state)
             torch.testing.assert_close(log_probs, torch.log_softmax(logits[:, t], -1), atol=1e-5, rtol=1e-5)
         alone = model(src[1:2, :3], lengths[1:2], tgt_in[1:2])
         torch.testing.assert_close(alone[0], logits[1], atol=1e-5, rtol=1e-5)

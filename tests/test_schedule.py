@@ -2,7 +2,7 @@
 
 import pytest
 
-from nmt.schedule import annealed_lr, budget_used
+from nmt.training.schedule import annealed_lr, budget_used
 
 
 def test_the_rate_stays_until_the_fall_then_drops_linearly_to_min_lr():

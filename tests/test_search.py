@@ -3,69 +3,18 @@ invariance, n-best scores equal to the model's log-probabilities."""
 
 import itertools
 import math
-from dataclasses import dataclass
 
 import pytest
 import torch
+from helpers import NEVER, PAIRS, TableModel, table_from
 
-from nmt.batching import collate_src
-from nmt.search import SearchOptions, beam_search, greedy_search, length_penalty, search
-from nmt.tokenizer import BOS_ID, EOS_ID
-from nmt.translate import load_model
-
-from conftest import PAIRS
+from nmt.config import SearchOptions
+from nmt.data.batching import collate_src
+from nmt.data.tokenizer import BOS_ID, EOS_ID
+from nmt.search import beam_search, greedy_search, length_penalty, search
+from nmt.translation import load_model
 
 A, B, C = 4, 5, 6  # the toy vocabulary's real tokens
-NEVER = -1e4  # pad, unk and bos are never produced
-
-
-@dataclass
-class ToyState:
-    rows: torch.Tensor  # the sentence of every row
-    sentences: int
-    attention_weights: None = None
-
-    @property
-    def beams(self) -> int:
-        return self.rows.numel() // self.sentences
-
-    def reorder(self, index: torch.Tensor, same_sources: bool = False) -> "ToyState":
-        if same_sources:
-            return ToyState(self.rows[index], self.sentences)
-        assert self.beams == 1
-        return ToyState(self.rows[index], index.numel())
-
-    def select_sentences(self, sentences: torch.Tensor) -> "ToyState":
-        return ToyState(self.rows.view(-1, self.beams)[sentences].view(-1), sentences.numel())
-
-
-class TableDecoder:
-    """Next-token log-probs depend only on the previous token: a fixed (vocab, vocab) table."""
-
-    def __init__(self, table: torch.Tensor) -> None:
-        self.table = table
-
-    def step(self, prev_tokens, state):
-        return self.table[prev_tokens].clone(), state
-
-
-class ToyModel:
-    def __init__(self, table: torch.Tensor) -> None:
-        self.decoder = TableDecoder(table)
-
-    def encode(self, src, src_lengths):
-        return src
-
-    def init_decoder(self, encoded):
-        return ToyState(torch.arange(encoded.size(0)), encoded.size(0))
-
-
-def table_from(rows: dict[int, dict[int, float]]) -> torch.Tensor:
-    table = torch.full((7, 7), NEVER)
-    for prev, nexts in rows.items():
-        for token, prob in nexts.items():
-            table[prev, token] = math.log(prob)
-    return table
 
 
 def exhaustive_best(table: torch.Tensor, max_len: int, penalty: str = "none", alpha: float = 0.6):
@@ -74,7 +23,7 @@ def exhaustive_best(table: torch.Tensor, max_len: int, penalty: str = "none", al
     for n in range(max_len):
         for tokens in itertools.product((A, B, C), repeat=n):
             path = [BOS_ID, *tokens, EOS_ID]
-            log_prob = sum(float(table[p, q]) for p, q in zip(path, path[1:]))
+            log_prob = sum(float(table[p, q]) for p, q in itertools.pairwise(path))
             score = log_prob / length_penalty(n + 1, penalty, alpha)
             if best is None or score > best[0]:
                 best = (score, list(tokens))
@@ -87,13 +36,15 @@ def run(model, options: SearchOptions, batch: int = 1):
 
 
 def test_beam_finds_the_best_sequence_that_greedy_misses():
-    table = table_from({
-        BOS_ID: {A: 0.6, B: 0.4},
-        A: {A: 0.35, C: 0.35, EOS_ID: 0.3},
-        B: {EOS_ID: 0.9, A: 0.05, C: 0.05},
-        C: {C: 0.5, EOS_ID: 0.5},
-    })  # fmt: skip
-    model = ToyModel(table)
+    table = table_from(
+        {
+            BOS_ID: {A: 0.6, B: 0.4},
+            A: {A: 0.35, C: 0.35, EOS_ID: 0.3},
+            B: {EOS_ID: 0.9, A: 0.05, C: 0.05},
+            C: {C: 0.5, EOS_ID: 0.5},
+        }
+    )
+    model = TableModel(table)
     options = dict(max_len_a=0.0, max_len_b=5)
     greedy = run(model, SearchOptions(beam_size=1, **options))[0][0]
     beam = run(model, SearchOptions(beam_size=2, length_penalty="none", **options))[0][0]
@@ -111,9 +62,8 @@ def test_a_wide_beam_is_exhaustive_on_random_tables(penalty, seed):
     table = torch.full((7, 7), NEVER)
     table[:, [A, B, C, EOS_ID]] = torch.log_softmax(torch.randn(7, 4, generator=generator) * 2, dim=-1)
     # 40 beams hold every candidate of every step (at most 9 * 4 real ones): the search is exhaustive.
-    options = SearchOptions(beam_size=40, nbest=3, max_len_a=0.0, max_len_b=4, length_penalty=penalty,
-                            stopping="exact")
-    hypotheses = run(ToyModel(table), options, batch=3)
+    options = SearchOptions(beam_size=40, nbest=3, max_len_a=0.0, max_len_b=4, length_penalty=penalty, stopping="exact")
+    hypotheses = run(TableModel(table), options, batch=3)
     best_score, best_tokens = exhaustive_best(table, 4, penalty)
     for nbest in hypotheses:
         assert nbest[0].tokens == best_tokens
@@ -125,15 +75,17 @@ def test_early_stopping_keeps_a_finished_hypothesis_that_only_a_longer_one_beats
     """The empty output (p 0.7) against A B C (p 0.3 * 0.99^3): by log-prob / length, A B C wins
     (-0.308 > -0.357), but after one step A alone averages -0.60 even if it ended next.
     "early" stops with the empty output; "exact" searches on and finds the optimum."""
-    table = table_from({
-        BOS_ID: {EOS_ID: 0.7, A: 0.3},
-        A: {B: 0.99, EOS_ID: 0.01},
-        B: {C: 0.99, EOS_ID: 0.01},
-        C: {EOS_ID: 0.99, C: 0.01},
-    })  # fmt: skip
+    table = table_from(
+        {
+            BOS_ID: {EOS_ID: 0.7, A: 0.3},
+            A: {B: 0.99, EOS_ID: 0.01},
+            B: {C: 0.99, EOS_ID: 0.01},
+            C: {EOS_ID: 0.99, C: 0.01},
+        }
+    )
     options = dict(beam_size=2, max_len_a=0.0, max_len_b=5, length_penalty="average")
-    early = run(ToyModel(table), SearchOptions(stopping="early", **options))[0][0]
-    exact = run(ToyModel(table), SearchOptions(stopping="exact", **options))[0][0]
+    early = run(TableModel(table), SearchOptions(stopping="early", **options))[0][0]
+    exact = run(TableModel(table), SearchOptions(stopping="exact", **options))[0][0]
     best_score, best_tokens = exhaustive_best(table, 5, "average")
     assert early.tokens == [] and early.score == pytest.approx(math.log(0.7))
     assert exact.tokens == best_tokens == [A, B, C]
@@ -145,13 +97,13 @@ def test_early_stopping_keeps_a_finished_hypothesis_that_only_a_longer_one_beats
 def test_min_and_max_length_are_respected():
     table = table_from({BOS_ID: {EOS_ID: 0.9, A: 0.1}, A: {EOS_ID: 0.9, A: 0.1}})
     for beam in (1, 3):
-        short = run(ToyModel(table), SearchOptions(beam_size=beam, max_len_a=0.0, max_len_b=6))[0][0]
+        short = run(TableModel(table), SearchOptions(beam_size=beam, max_len_a=0.0, max_len_b=6))[0][0]
         assert short.tokens == []
-        longer = run(ToyModel(table), SearchOptions(beam_size=beam, min_len=3, max_len_a=0.0, max_len_b=6))[0][0]
+        longer = run(TableModel(table), SearchOptions(beam_size=beam, min_len=3, max_len_a=0.0, max_len_b=6))[0][0]
         assert longer.tokens == [A, A, A]
     endless = table_from({BOS_ID: {A: 1.0}, A: {A: 1.0}})  # eos is never chosen: only the limit ends it
     for beam in (1, 3):
-        capped = run(ToyModel(endless), SearchOptions(beam_size=beam, max_len_a=0.0, max_len_b=4))[0][0]
+        capped = run(TableModel(endless), SearchOptions(beam_size=beam, max_len_a=0.0, max_len_b=4))[0][0]
         assert len(capped.tokens) == 3  # 3 tokens + the forced eos
 
 
@@ -170,7 +122,9 @@ def test_beam_one_equals_greedy_on_a_trained_model(trained):
     model, src_ids = trained
     src, lengths = batch_of(src_ids[:64])
     # Greedy is beam search of size 1 ranked by the model's log-probability (no length penalty).
-    greedy = greedy_search(model, src, lengths, SearchOptions(length_penalty="none"))
+    greedy = [
+        nbest[0] for nbest in greedy_search(model, src, lengths, SearchOptions(beam_size=1, length_penalty="none"))
+    ]
     beam_one = beam_search(model, src, lengths, SearchOptions(beam_size=1, length_penalty="none"))
     for g, b in zip(greedy, beam_one):
         assert g.tokens == b[0].tokens
@@ -214,4 +168,4 @@ def test_attention_is_returned_per_output_step(trained):
         for row, (best,) in enumerate(hypotheses):
             assert best.attention.shape == (len(best.tokens) + 1, src.size(1))
             torch.testing.assert_close(best.attention.sum(-1), torch.ones(len(best.tokens) + 1))
-            assert best.attention[:, lengths[row]:].abs().sum() == 0
+            assert best.attention[:, lengths[row] :].abs().sum() == 0

@@ -6,50 +6,46 @@ import sys
 
 import pytest
 import torch
+from helpers import PAIRS, VOCAB, random_batch, small_model
 
-from nmt.batching import collate_src
-from nmt.precision import autocast
-from nmt.quantize import quantize_int8
+from nmt.config import CELL_KINDS, DecoderConfig
+from nmt.data.batching import collate_src
+from nmt.data.tokenizer import BOS_ID, EOS_ID
+from nmt.model.device import autocast
+from nmt.model.quantize import quantize_int8
 from nmt.search import SearchOptions, search
-from nmt.tokenizer import BOS_ID, EOS_ID
-from nmt.translate import Translator, load_model
-
-from conftest import PAIRS
-from test_model import VOCAB, random_batch, small_model
+from nmt.translation import Translator, load_model
 
 
-@pytest.mark.parametrize("cell", ["lstm", "peephole", "cifg", "gru", "rnn"])
-def test_input_feeding_loop_matches_the_stack_path_with_gradients(cell):
-    """The decoder's own step loop (cells called directly, embeddings projected at once) against
-    the generic per-step path through RecurrentStack: same logits, same gradients."""
-    from nmt.config import DecoderConfig
-
+@pytest.mark.parametrize("cell", CELL_KINDS)
+def test_the_input_feeding_loop_computes_what_the_search_step_does_with_gradients(cell):
+    """Training's input-feeding loop (the first layer's embedding half projected for the whole
+    target at once) against stepping the decoder as search does, with autograd on: the same
+    log-probabilities and the same gradients."""
     model = small_model(decoder=DecoderConfig(hidden_size=24, num_layers=2, cell=cell)).train()
     src, lengths = random_batch([5, 3, 8])
     tgt_in = torch.randint(4, VOCAB, (3, 6))
 
-    def run(fast: bool):
+    def run(stepped: bool):
         model.zero_grad()
         state = model.init_decoder(model.encode(src, lengths))
-        embedded = model.decoder.embed(tgt_in)
-        if fast:
-            attentional, _ = model.decoder._teacher_force_feeding(embedded, state)
-        else:
+        if stepped:
             steps = []
             for t in range(tgt_in.size(1)):
-                out, state, _ = model.decoder._run(embedded[:, t : t + 1], state)
-                steps.append(out)
-            attentional = torch.cat(steps, dim=1)
-        logits = model.decoder.output(attentional)
-        logits.square().mean().backward()
-        return logits.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+                log_probs, state = model.step(tgt_in[:, t], state)
+                steps.append(log_probs)
+            log_probs = torch.stack(steps, dim=1)
+        else:
+            log_probs = model.decoder(tgt_in, state).log_softmax(-1)
+        log_probs.square().mean().backward()
+        return log_probs.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
-    fast_logits, fast_grads = run(fast=True)
-    slow_logits, slow_grads = run(fast=False)
-    torch.testing.assert_close(fast_logits, slow_logits, atol=1e-5, rtol=1e-5)
-    assert fast_grads.keys() == slow_grads.keys()
-    for name in fast_grads:
-        torch.testing.assert_close(fast_grads[name], slow_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+    forced_log_probs, forced_grads = run(stepped=False)
+    stepped_log_probs, stepped_grads = run(stepped=True)
+    torch.testing.assert_close(forced_log_probs, stepped_log_probs, atol=1e-5, rtol=1e-5)
+    assert forced_grads.keys() == stepped_grads.keys()
+    for name in forced_grads:
+        torch.testing.assert_close(forced_grads[name], stepped_grads[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
 @pytest.mark.parametrize("attention", ["bahdanau", "luong_general", "luong_dot"])
@@ -60,31 +56,32 @@ def test_beams_share_their_sentences_memory_and_decode_as_copies_of_it_would(att
     model = small_model(attention=attention, input_feeding=input_feeding)
     src, lengths = random_batch([5, 3, 8])
     tokens = [torch.tensor(row) for row in ([4, 5, 6, 7, 8, 9], [7, 7, 4, 5, 6, 6], [5, 9, 8, 4, 4, 7])]
+    two_each = torch.tensor([0, 0, 1, 1, 2, 2])
     within = torch.tensor([1, 1, 3, 2, 4, 5])  # each row takes a beam of its own sentence
     with torch.no_grad():
         start = model.init_decoder(model.encode(src, lengths))
-        shared = start.reorder(torch.tensor([0, 0, 1, 1, 2, 2]), same_sources=True)  # two beams each
-        copied = start.reorder(torch.tensor([0, 0, 1, 1, 2, 2]))  # a sentence per row
+        shared = start.reorder_beams(two_each)  # two beams each
+        copied = start.select_sentences(two_each)  # a sentence per row
         assert shared.memory is start.memory and shared.keys is start.keys
-        steps = [
-            lambda state: state.reorder(within, same_sources=True),
-            lambda state: state.select_sentences(torch.tensor([2, 0])) if state.beams > 1
-            else state.reorder(torch.tensor([4, 5, 0, 1])),
+        moves = [
+            (lambda state: state.reorder_beams(within), lambda state: state.select_sentences(within)),
+            (
+                lambda state: state.select_sentences(torch.tensor([2, 0])),
+                lambda state: state.select_sentences(torch.tensor([4, 5, 0, 1])),
+            ),
         ]
-        for t, move in enumerate([None, *steps]):
+        for t, move in enumerate([None, *moves]):
             if move is not None:
-                moved = move(shared)
+                moved = move[0](shared)
                 if t == 1:
                     assert moved.memory is shared.memory and moved.keys is shared.keys
-                shared, copied = moved, move(copied)
+                shared, copied = moved, move[1](copied)
             prev = tokens[t][: shared.hidden.h.size(1)]
-            shared_log_probs, shared = model.decoder.step(prev, shared)
-            copied_log_probs, copied = model.decoder.step(prev, copied)
+            shared_log_probs, shared = model.step(prev, shared)
+            copied_log_probs, copied = model.step(prev, copied)
             torch.testing.assert_close(shared_log_probs, copied_log_probs, atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(shared.attention_weights, copied.attention_weights, atol=1e-6, rtol=1e-5)
     assert shared.beams == 2 and shared.memory.size(0) == 2 and copied.memory.size(0) == 4
-    with pytest.raises(ValueError, match="within their sentence"):
-        shared.reorder(torch.tensor([0, 1, 2, 3]))
 
 
 def test_bf16_training_step_runs_in_bf16_and_tracks_fp32():
@@ -122,16 +119,20 @@ def test_bf16_and_int8_translations_are_fp32s_or_near_ties(trained_run, beam):
     per token; a broken path misses by whole nats. On the reference model int8 beam 5 scored
     test BLEU 34.20 against fp32's 34.29, README.)"""
     options = SearchOptions(beam_size=beam)
-    reference = Translator.from_checkpoint(trained_run, "cpu", options)
+    reference = Translator.load(trained_run, options, device="cpu")
     src_ids = reference.tokenizer.encode_src([src for src, _ in PAIRS[:40]])
     expected = [hypotheses[0].tokens for hypotheses in reference.search_ids(src_ids)]
     for kwargs in ({"precision": "bf16"}, {"quantize": "int8"}):
-        found = [hypotheses[0].tokens for hypotheses in
-                 Translator.from_checkpoint(trained_run, "cpu", options, **kwargs).search_ids(src_ids)]  # fmt: skip
+        found = [
+            hypotheses[0].tokens
+            for hypotheses in Translator.load(trained_run, options, device="cpu", **kwargs).search_ids(src_ids)
+        ]
         assert sum(a == b for a, b in zip(expected, found)) >= 0.5 * len(src_ids), kwargs
         for ids, fp32_tokens, tokens in zip(src_ids, expected, found):
             if tokens != fp32_tokens:
-                gap = _fp32_mean_log_prob(reference.model, ids, fp32_tokens) - _fp32_mean_log_prob(reference.model, ids, tokens)
+                gap = _fp32_mean_log_prob(reference.model, ids, fp32_tokens) - _fp32_mean_log_prob(
+                    reference.model, ids, tokens
+                )
                 assert gap < 0.02, (kwargs, fp32_tokens, tokens, gap)
 
 
@@ -142,9 +143,10 @@ def test_int8_replaces_the_decoders_products(trained_run):
         before = search(model, src, lengths, SearchOptions(beam_size=1))[0][0]
         quantize_int8(model)
         after = search(model, src, lengths, SearchOptions(beam_size=1))[0][0]
-    assert all(cell.int8 is not None for cell in model.decoder.rnn.cells)
+    for cell in model.decoder.rnn.cells:
+        assert "quantized" in type(cell.input_proj).__module__ and "quantized" in type(cell.hidden_proj).__module__
     # The encoder runs torch's int8 LSTM (a float copy of it was once returned unquantized).
-    assert "quantized" in type(model.encoder.rnn.int8_kernel[0]).__module__
+    assert "quantized" in type(model.encoder.rnn.kernel).__module__
     assert "quantized" in type(model.decoder.output).__module__  # torch's dynamic int8 Linear
     assert "quantized" in type(model.decoder.attention.query_proj).__module__
     # Bahdanau's one-output v stays float: quantizing its large input would cost more than it saves.
@@ -156,18 +158,18 @@ def test_a_torch_without_int8_quantization_refuses_only_int8(trained_run, monkey
     """torch.ao.quantization is deprecated upstream. A torch without it must still load and
     translate in float; only --quantize int8 fails, with a message."""
     blocked = "torch.ao.nn.quantized.dynamic"
-    code = f"import sys, torch; sys.modules[{blocked!r}] = None; import nmt.translate, nmt.evaluate"
+    code = f"import sys, torch; sys.modules[{blocked!r}] = None; import nmt.cli.translate, nmt.cli.evaluate"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
     monkeypatch.setitem(sys.modules, blocked, None)
-    with pytest.raises(RuntimeError, match="no dynamic int8 quantization.*translate without --quantize"):
-        Translator.from_checkpoint(trained_run, "cpu", quantize="int8")
+    with pytest.raises(RuntimeError, match=r"no dynamic int8 quantization.*translate without --quantize"):
+        Translator.load(trained_run, device="cpu", quantize="int8")
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 def test_the_one_softmax_loss_equals_torchs_cross_entropy(smoothing):
     import torch.nn.functional as F
 
-    from nmt.loss import sequence_loss
+    from nmt.training.loss import sequence_loss
 
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(3, 5, 11, generator=generator, requires_grad=True)
@@ -187,9 +189,9 @@ def test_the_one_softmax_loss_equals_torchs_cross_entropy(smoothing):
 def test_the_packed_decoder_drops_ended_sentences_and_changes_nothing(input_feeding):
     """Training's decoder (finished sentences leave the batch, in stages; the output layer and the
     loss see real positions only) against the padded one: the same loss and the same gradients."""
-    from nmt.batching import collate, pack_targets
-    from nmt.decoder import _rows_running, _stages
-    from nmt.loss import sequence_loss
+    from nmt.data.batching import collate, pack_targets
+    from nmt.model.decoder import rows_running, shrink_stages
+    from nmt.training.loss import sequence_loss
 
     model = small_model(input_feeding=input_feeding).train()
     generator = torch.Generator().manual_seed(3)
@@ -199,7 +201,7 @@ def test_the_packed_decoder_drops_ended_sentences_and_changes_nothing(input_feed
     src = [torch.randint(4, VOCAB, (n,), generator=generator).tolist() for n in [4, 9, 2, 12, 6, 3, 8, 5, 11, 7, 1]]
     batch = collate(src, tgt)
     assert batch.tgt_lengths.tolist() == sorted((n + 1 for n in tgt_lengths), reverse=True)
-    assert len(_stages(_rows_running(batch.tgt_lengths.tolist()))) >= 4
+    assert len(shrink_stages(rows_running(batch.tgt_lengths.tolist()))) >= 4
 
     def run(packed: bool):
         model.zero_grad()  # small_model has no dropout: both paths see the same network
@@ -221,44 +223,28 @@ def test_the_packed_decoder_drops_ended_sentences_and_changes_nothing(input_feed
         torch.testing.assert_close(packed_grads[name], padded_grads[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
-@pytest.mark.parametrize("change", ["in_place", "fused_adam"])
-@pytest.mark.parametrize("table_fits", [True, False])
-def test_search_steps_project_the_embedding_from_a_table_that_follows_the_weights(table_fits, change, monkeypatch):
-    """Decoder.step looks the first layer's embedding half up in a table made from the weights
-    (inside a `search_tables` block, when the table is small enough); it must give the
-    teacher-forced logits, also after the weights change between blocks. The trainer's fused
-    Adam changes them without bumping torch's version counters: a table keyed on those kept the
-    first validation's weights for the rest of a run (validation BLEU 27.76 where the weights
-    scored 33). Teacher forcing runs with autograd on, as in training, so the steps' in-place,
-    no-autograd arithmetic (nmt.cells.tanh_) is held to training's, too."""
-    if not table_fits:
-        monkeypatch.setattr("nmt.decoder._SEARCH_TABLE_FLOATS", 0)
+def test_search_steps_follow_weights_that_fused_adam_changed():
+    """torch's fused Adam changes weights without moving their version counters: a search that
+    cached anything keyed on those once searched with stale weights for the rest of a run. The
+    steps must give the teacher-forced log-probabilities after an update, too (teacher forcing
+    runs with autograd, so the steps' in-place no-autograd arithmetic is held to training's)."""
     model = small_model()
     src, lengths = random_batch([5, 3, 8])
     tgt_in = torch.tensor([[2, 7], [2, 5], [2, 9]])
 
-    def step_and_forced():
-        with torch.no_grad(), model.decoder.search_tables():
+    def stepped_and_forced():
+        with torch.no_grad():
             state = model.init_decoder(model.encode(src, lengths))
-            first, state = model.decoder.step(tgt_in[:, 0], state)
-            assert (model.decoder._search_tables is not None) == table_fits
-            second, _ = model.decoder.step(tgt_in[:, 1], state)
-        assert model.decoder._search_tables is None  # the block took its table with it
+            first, state = model.step(tgt_in[:, 0], state)
+            second, _ = model.step(tgt_in[:, 1], state)
         forced = model(src, lengths, tgt_in).log_softmax(-1).detach()
         return torch.stack([first, second], dim=1), forced
 
-    stepped, forced = step_and_forced()
-    torch.testing.assert_close(stepped, forced, atol=1e-5, rtol=1e-5)
-    first_layer, embed = model.decoder.rnn.cells[0].weight_ih, model.decoder.embed.weight
-    if change == "in_place":
-        generator = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            for weight in (first_layer, embed):
-                weight.add_(torch.randn(weight.shape, generator=generator))
-    else:
-        optimizer = torch.optim.Adam([first_layer, embed], lr=1.0, fused=True)  # as nmt.train's
-        model(src, lengths, tgt_in).logsumexp(-1).sum().backward()
-        optimizer.step()
-    moved, forced_moved = step_and_forced()
-    assert (moved - stepped).abs().max() > 1e-3  # the change shows
-    torch.testing.assert_close(moved, forced_moved, atol=1e-5, rtol=1e-5)
+    before, forced = stepped_and_forced()
+    torch.testing.assert_close(before, forced, atol=1e-5, rtol=1e-5)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1.0, fused=True)  # as the trainer's
+    model(src, lengths, tgt_in).logsumexp(-1).sum().backward()
+    optimizer.step()
+    after, forced_after = stepped_and_forced()
+    assert (after - before).abs().max() > 1e-3  # the change shows
+    torch.testing.assert_close(after, forced_after, atol=1e-5, rtol=1e-5)

@@ -1,8 +1,7 @@
 import pytest
+from helpers import PAIRS
 
-from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, TokenizerError
-
-from conftest import PAIRS
+from nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, TokenizerError
 
 SRC = [de for de, _ in PAIRS]
 TGT = [en for _, en in PAIRS]

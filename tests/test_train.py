@@ -9,25 +9,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import PAIRS, tiny_config, write_lines
 
 from nmt.checkpoint import load_checkpoint, save_checkpoint
-from nmt.config import Config, ConfigError, DataConfig, DecoderConfig, EncoderConfig, ModelConfig, TokenizerConfig, TrainConfig
-from nmt.train import Trainer, run_training
-
-from conftest import PAIRS, write_lines
+from nmt.config import (
+    ConfigError,
+    TrainConfig,
+)
+from nmt.training.trainer import Trainer, run_training
 
 BIN = Path(sys.executable).parent
-
-
-def tiny_config(source: Path, **train) -> Config:
-    train_options = dict(batch_tokens=300, lr=0.003, max_epochs=0, max_steps=12, save_every=4, log_every=4,
-                         validate_every=6, label_smoothing=0.1, num_threads=1)
-    train_options.update(train)
-    return Config(
-        data=DataConfig(name="toy", source=str(source), tokenizer=TokenizerConfig(vocab_size=80)),
-        model=ModelConfig(embed_dim=16, encoder=EncoderConfig(16, 1, True), decoder=DecoderConfig(32, 1), dropout=0.3),
-        train=TrainConfig(**train_options),
-    )
 
 
 def test_a_run_directory_holds_checkpoints_tensorboard_and_tokenizer(text_corpus, tmp_path):
@@ -113,9 +104,9 @@ class FakeClock:
 
 
 def test_max_minutes_stops_after_that_much_training_time(text_corpus, tmp_path, monkeypatch):
-    import nmt.train
+    import nmt.training.trainer
 
-    monkeypatch.setattr(nmt.train, "time", FakeClock())
+    monkeypatch.setattr(nmt.training.trainer, "time", FakeClock())
     config = tiny_config(text_corpus, max_steps=0, max_minutes=0.5, validate_every=0)
     progress = run_training(config, tmp_path / "run")
     assert 30 <= progress.train_seconds < 35
@@ -124,8 +115,15 @@ def test_max_minutes_stops_after_that_much_training_time(text_corpus, tmp_path, 
 
 def nmt_train(*overrides: str, cwd: Path, env_extra: dict | None = None, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    return subprocess.Popen([str(BIN / "nmt-train"), *overrides], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+    return subprocess.Popen(
+        [str(BIN / "nmt-train"), *overrides],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
 
 
 def test_overfit_a_few_pairs_and_translate_them_back(tmp_path):
@@ -138,32 +136,59 @@ def test_overfit_a_few_pairs_and_translate_them_back(tmp_path):
         write_lines(corpus / f"{prefix}.en", [en for _, en in pairs])
     run = tmp_path / "run"
     process = nmt_train(
-        f"data.source={corpus}", "data.name=overfit", "data.tokenizer.vocab_size=60",
-        "model.embed_dim=32", "model.encoder.hidden_size=32", "model.encoder.num_layers=1",
-        "model.decoder.hidden_size=64", "model.decoder.num_layers=1", "model.dropout=0.0",
-        "train.lr=0.01", "train.label_smoothing=0", "train.max_epochs=0", "train.max_steps=400",
-        "train.validate_every=100", "train.log_every=100", "train.batch_tokens=1000", "train.num_threads=1",
-        f"hydra.run.dir={run}", cwd=tmp_path,
-    )  # fmt: skip
+        f"data.source={corpus}",
+        "data.name=overfit",
+        "data.tokenizer.vocab_size=60",
+        "model.embed_dim=32",
+        "model.encoder.hidden_size=32",
+        "model.encoder.num_layers=1",
+        "model.decoder.hidden_size=64",
+        "model.decoder.num_layers=1",
+        "model.dropout=0.0",
+        "train.lr=0.01",
+        "train.label_smoothing=0",
+        "train.max_epochs=0",
+        "train.max_steps=400",
+        "train.validate_every=100",
+        "train.log_every=100",
+        "train.batch_tokens=1000",
+        "train.num_threads=1",
+        f"hydra.run.dir={run}",
+        cwd=tmp_path,
+    )
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output
     assert "BLEU 100.00" in output
     assert (run / ".hydra" / "config.yaml").is_file() and (run / "train.log").is_file()
     translated = subprocess.run(
-        [str(BIN / "nmt-translate"), str(run)], input="\n".join(de for de, _ in pairs) + "\n\n",
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [str(BIN / "nmt-translate"), str(run)],
+        input="\n".join(de for de, _ in pairs) + "\n\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert translated.returncode == 0, translated.stderr
     assert translated.stdout.split("\n")[:-1] == [en for _, en in pairs] + [""]
 
 
 def test_sigkill_mid_run_then_resume_finishes(text_corpus, tmp_path):
     run = tmp_path / "run"
-    common = (f"data.source={text_corpus}", "data.name=toy", "data.tokenizer.vocab_size=80",
-              "model.embed_dim=16", "model.encoder.hidden_size=16", "model.encoder.num_layers=1",
-              "model.decoder.hidden_size=32", "model.decoder.num_layers=1", "train.batch_tokens=300",
-              "train.max_epochs=0", "train.max_steps=400", "train.save_every=5", "train.validate_every=200",
-              "train.num_threads=1")  # fmt: skip
+    common = (
+        f"data.source={text_corpus}",
+        "data.name=toy",
+        "data.tokenizer.vocab_size=80",
+        "model.embed_dim=16",
+        "model.encoder.hidden_size=16",
+        "model.encoder.num_layers=1",
+        "model.decoder.hidden_size=32",
+        "model.decoder.num_layers=1",
+        "train.batch_tokens=300",
+        "train.max_epochs=0",
+        "train.max_steps=400",
+        "train.save_every=5",
+        "train.validate_every=200",
+        "train.num_threads=1",
+    )
     process = nmt_train(*common, f"hydra.run.dir={run}", cwd=tmp_path)
     last = run / "checkpoints" / "last.pt"
     deadline = time.monotonic() + 120
@@ -200,8 +225,9 @@ def test_user_errors_end_in_one_clear_message(tmp_path, override, message):
 
 def test_unreachable_hub_names_the_override(tmp_path):
     env = {"NMT_DATA": "", "HF_ENDPOINT": "http://127.0.0.1:9"}  # nothing listens on port 9
-    process = nmt_train("data.source=bentrevett/multi30k", f"hydra.run.dir={tmp_path / 'run'}",
-                        cwd=tmp_path, env_extra=env)  # fmt: skip
+    process = nmt_train(
+        "data.source=bentrevett/multi30k", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, env_extra=env
+    )
     output, _ = process.communicate(timeout=60)
     assert process.returncode != 0
     assert "data.source=PATH" in output and "NMT_DATA" in output
@@ -230,7 +256,7 @@ def test_weight_averaging_saves_the_average_for_translation_and_resumes_exactly(
 
 
 def test_the_average_follows_its_formula():
-    from nmt.averaging import WeightAverage
+    from nmt.training.averaging import WeightAverage
 
     model = torch.nn.Linear(3, 2)
     start = [p.detach().clone() for p in model.parameters()]
@@ -259,7 +285,7 @@ def test_an_annealed_rate_falls_to_min_lr_and_resumes_on_the_same_fall(text_corp
 
     interrupted = tmp_path / "interrupted"
     with monkeypatch.context() as patch:  # a run that stops after its 7th update, mid-fall
-        patch.setattr(Trainer, "_limit_reached", lambda self: self.progress.step >= 7)
+        patch.setattr(Trainer, "limit_reached", lambda self: self.progress.step >= 7)
         run_training(tiny_config(text_corpus, **options), interrupted)
     progress = run_training(tiny_config(text_corpus, **options, resume=str(interrupted)), interrupted)
     assert progress.step == 12
@@ -269,5 +295,5 @@ def test_an_annealed_rate_falls_to_min_lr_and_resumes_on_the_same_fall(text_corp
 
 
 def test_annealing_and_plateau_decay_together_are_refused():
-    with pytest.raises(ConfigError, match="lr_decay_factor=1.0"):
+    with pytest.raises(ConfigError, match=r"lr_decay_factor=1.0"):
         TrainConfig(lr_anneal=0.3, lr_decay_factor=0.5)

@@ -1,18 +1,18 @@
+import itertools
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import PAIRS
 
 from nmt.checkpoint import save_checkpoint
-from nmt.config import Config, DataConfig, DecoderConfig, EncoderConfig, ModelConfig
-from nmt.model import build_model
-from nmt.search import SearchOptions, max_output_lengths, search
-from nmt.tokenizer import Tokenizer
-from nmt.translate import Translator, load_model
-
-from conftest import PAIRS
+from nmt.config import Config, DataConfig, DecoderConfig, EncoderConfig, ModelConfig, SearchOptions
+from nmt.data.tokenizer import Tokenizer
+from nmt.model.seq2seq import build_model
+from nmt.search import max_output_lengths, search
+from nmt.translation import Translator, load_model
 
 BIN = Path(sys.executable).parent
 SOURCES = [de for de, _ in PAIRS]
@@ -52,7 +52,7 @@ def test_loading_gives_the_checkpoints_weights_without_drawing_random_ones(check
 
 
 def test_one_output_per_input_in_order_with_empty_lines_kept(checkpoint):
-    translator = Translator.from_checkpoint(checkpoint, device="cpu", batch_tokens=60)
+    translator = Translator.load(checkpoint, device="cpu", batch_tokens=60)
     lines = [SOURCES[0], "", SOURCES[5], "   ", *SOURCES[10:40]]
     outputs = translator.translate(lines)
     assert len(outputs) == len(lines)
@@ -63,7 +63,7 @@ def test_one_output_per_input_in_order_with_empty_lines_kept(checkpoint):
 
 
 def test_greedy_respects_the_length_limit(checkpoint):
-    translator = Translator.from_checkpoint(checkpoint, device="cpu")
+    translator = Translator.load(checkpoint, device="cpu")
     src = torch.tensor([[5, 6, 3, 0], [7, 3, 0, 0]])
     lengths = torch.tensor([3, 2])
     for beam in (1, 4):
@@ -74,7 +74,7 @@ def test_greedy_respects_the_length_limit(checkpoint):
 
 
 def test_streaming_gives_the_same_as_one_call(checkpoint):
-    translator = Translator.from_checkpoint(checkpoint, device="cpu")
+    translator = Translator.load(checkpoint, device="cpu")
     lines = SOURCES[:25]
     streamed = [t.text for t in translator.translate_stream(iter(lines), chunk_lines=7)]
     assert streamed == translator.translate(lines)
@@ -86,8 +86,10 @@ def test_cli_reads_a_file_with_bad_bytes_and_writes_every_line(checkpoint, tmp_p
     out = tmp_path / "out.en"
     result = subprocess.run(
         [str(BIN / "nmt-translate"), str(checkpoint.parent.parent), "-i", str(source), "-o", str(out)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert "in.de:1: invalid UTF-8 replaced" in result.stderr
     lines = out.read_text(encoding="utf-8").split("\n")
@@ -129,9 +131,11 @@ def test_cli_nbest_scores_and_attention_plots(trained_run, tmp_path):
 
 def test_cli_rejects_bad_search_options(trained_run):
     result = run_cli(str(trained_run), "--beam", "2", "--nbest", "3", stdin="x\n")
-    assert result.returncode == 2 and "nbest must be between 1 and the beam size" in result.stderr
-    result = run_cli(str(trained_run), "--workers", "0", stdin="x\n")
-    assert result.returncode == 2 and "--workers: must be at least 1, not 0" in result.stderr
+    assert result.returncode == 2 and "nbest=3 must be between 1 and the beam size (2)" in result.stderr
+    result = run_cli(str(trained_run), "--workers", "-1", stdin="x\n")
+    assert result.returncode == 2 and "workers=-1 must be >= 0" in result.stderr
+    result = run_cli(str(trained_run), "--temperature", "0.5", stdin="x\n")
+    assert result.returncode == 2 and "temperature only apply with sample=true (--sample)" in result.stderr
 
 
 def test_long_lines_empty_lines_and_bad_bytes_keep_the_line_count(checkpoint, tmp_path):
@@ -144,8 +148,10 @@ def test_long_lines_empty_lines_and_bad_bytes_keep_the_line_count(checkpoint, tm
     source.write_bytes(b"\n".join(lines) + b"\n")
     result = subprocess.run(
         [str(BIN / "nmt-translate"), str(checkpoint), "-i", str(source), "--batch-tokens", "2000"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     out = result.stdout.split("\n")
     assert len(out) == 301 and out[-1] == ""
@@ -161,3 +167,42 @@ def test_an_unwritable_output_is_one_line_and_an_old_output_survives_a_failure(c
     failed = run_cli(str(checkpoint), "-i", str(tmp_path / "missing.de"), "-o", str(old))
     assert failed.returncode == 2
     assert old.read_text() == "precious\n" and not list(tmp_path.glob(".out.en.partial"))
+
+
+def test_a_checkpoint_with_torchs_weight_names_in_its_cells_still_loads(checkpoint, tmp_path):
+    """Checkpoints written before the cells held their products as nn.Linear children name the
+    weights as torch.nn.LSTM does (weight_ih, bias_hh, ...)."""
+    payload = torch.load(checkpoint, weights_only=True)
+    renames = {
+        "input_proj.weight": "weight_ih",
+        "input_proj.bias": "bias_ih",
+        "hidden_proj.weight": "weight_hh",
+        "hidden_proj.bias": "bias_hh",
+    }
+    old = {}
+    for name, weight in payload["model"].items():
+        prefix, _, rest = name.partition(".cells.")
+        for new_name, old_name in renames.items():
+            if rest.endswith(new_name):
+                name = f"{prefix}.cells.{rest[: -len(new_name)]}{old_name}"
+        old[name] = weight
+    assert "decoder.rnn.cells.0.weight_ih" in old
+    path = tmp_path / "old.pt"
+    save_checkpoint({**payload, "model": old}, path)
+    loaded, _, _ = load_model(path, "cpu")
+    for name, weight in payload["model"].items():
+        assert torch.equal(loaded.state_dict()[name], weight), name
+
+
+def test_cli_samples_and_blocks_repeated_ngrams(trained_run):
+    lines = "\n".join(SOURCES[:20]) + "\n"
+    sampled = run_cli(str(trained_run), "--sample", "--temperature", "0.7", "--top-k", "20", "--seed", "3", stdin=lines)
+    assert sampled.returncode == 0, sampled.stderr
+    again = run_cli(str(trained_run), "--sample", "--temperature", "0.7", "--top-k", "20", "--seed", "3", stdin=lines)
+    assert len(sampled.stdout.splitlines()) == 20 and sampled.stdout == again.stdout
+    blocked = run_cli(str(trained_run), "--no-repeat-ngram", "2", "--nbest", "3", stdin=lines)
+    assert blocked.returncode == 0, blocked.stderr
+    for row in blocked.stdout.splitlines():
+        words = row.split("\t")[2].split()
+        bigrams = list(itertools.pairwise(words))
+        assert len(bigrams) == len(set(bigrams)), row  # no piece pair twice, so no word pair either

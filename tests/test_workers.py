@@ -5,12 +5,11 @@ import signal
 
 import pytest
 import torch
+from helpers import PAIRS
 
-from nmt.search import SearchOptions
-from nmt.translate import Translator
-from nmt.workers import WorkerError, can_fork, map_in_workers, parse_workers
-
-from conftest import PAIRS
+from nmt.config import ConfigError, InferenceOptions, SearchOptions
+from nmt.translation import Translator
+from nmt.workers import WorkerError, can_fork, map_in_workers
 
 pytestmark = pytest.mark.skipif(not can_fork(), reason="workers need fork")
 SOURCES = [de for de, _ in PAIRS]
@@ -40,7 +39,7 @@ def test_a_failing_task_raises_in_the_parent_with_the_workers_traceback():
             raise ValueError("task three is broken")
         return k
 
-    with pytest.raises(WorkerError, match="(?s)task 3.*ValueError: task three is broken"):
+    with pytest.raises(WorkerError, match=r"(?s)task 3.*ValueError: task three is broken"):
         list(map_in_workers(fails_on_three, list(range(6)), workers=2))
 
 
@@ -58,8 +57,8 @@ def test_workers_translate_exactly_what_one_process_translates(trained_run):
     options = SearchOptions(beam_size=3, nbest=2, return_attention=True)
     lines = [SOURCES[k % len(SOURCES)] + (" ." * (k % 4)) for k in range(60)] + [""]
     # A small budget makes many batches, so both workers get several.
-    one = Translator.from_checkpoint(trained_run, "cpu", options, batch_tokens=80, workers=1)
-    two = Translator.from_checkpoint(trained_run, "cpu", options, batch_tokens=80, workers=2)
+    one = Translator.load(trained_run, options, device="cpu", batch_tokens=80, workers=1)
+    two = Translator.load(trained_run, options, device="cpu", batch_tokens=80, workers=2)
     expected, got = one.translate_lines(lines), two.translate_lines(lines)
     assert [t.texts for t in got] == [t.texts for t in expected]
     assert [t.source for t in got] == lines
@@ -69,31 +68,42 @@ def test_workers_translate_exactly_what_one_process_translates(trained_run):
             torch.testing.assert_close(a.attention, b.attention)
 
 
-def test_workers_must_be_a_positive_count():
-    assert parse_workers("3") == 3
-    for bad in ("0", "-2", "two"):
-        with pytest.raises(Exception, match="at least 1|whole number"):
-            parse_workers(bad)
+def test_a_negative_worker_count_is_refused_and_zero_means_one_per_core():
+    with pytest.raises(ConfigError, match="workers=-2 must be >= 0"):
+        InferenceOptions(workers=-2)
+    assert InferenceOptions().workers == 0
 
 
 def test_a_worker_killed_mid_file_ends_the_command_with_one_line_and_keeps_the_old_output(
     trained_run, tmp_path, monkeypatch, capsys
 ):
-    import nmt.translate
+    import nmt.cli.translate
+    import nmt.translation
 
-    real_search = nmt.translate.search
+    real_search = nmt.translation.search
 
     def dies_on_long_batches(model, src, src_lengths, options):
         if src.size(1) > 8:  # some batches, not all: the other worker carries on meanwhile
             os.kill(os.getpid(), signal.SIGKILL)
         return real_search(model, src, src_lengths, options)
 
-    monkeypatch.setattr(nmt.translate, "search", dies_on_long_batches)  # the forked workers inherit it
+    monkeypatch.setattr(nmt.translation, "search", dies_on_long_batches)  # the forked workers inherit it
     source, old = tmp_path / "in.de", tmp_path / "out.en"
     source.write_text("".join(f"{SOURCES[k % len(SOURCES)]}\n" for k in range(40)), encoding="utf-8")
     old.write_text("precious\n")
-    argv = [str(trained_run), "-i", str(source), "-o", str(old), "--workers", "2", "--batch-tokens", "60", "--no-progress"]
-    assert nmt.translate.main(argv) == 1
+    argv = [
+        str(trained_run),
+        "-i",
+        str(source),
+        "-o",
+        str(old),
+        "--workers",
+        "2",
+        "--batch-tokens",
+        "60",
+        "--no-progress",
+    ]
+    assert nmt.cli.translate.main(argv) == 1
     error = capsys.readouterr().err
     assert f"nmt-translate: a worker died with exit code -{int(signal.SIGKILL)}" in error and "Traceback" not in error
     assert old.read_text() == "precious\n" and not list(tmp_path.glob(".out.en.partial"))

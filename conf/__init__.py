@@ -1,0 +1,1 @@
+"""The Hydra configs of `nmt-train`, installed inside the package as `nmt.conf`."""

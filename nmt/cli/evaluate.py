@@ -1,0 +1,178 @@
+"""`nmt-evaluate`: BLEU, chrF and TER with sacrebleu, each with its signature. Three ways in:
+
+    nmt-evaluate RUN_OR_CKPT [RUN_OR_CKPT ...] --split test    # the corpus the run trained on
+    nmt-evaluate RUN_OR_CKPT --src FILE --ref FILE             # any parallel text
+    nmt-evaluate --hyp FILE --ref FILE                         # translations made elsewhere
+
+With a model, hypotheses and a JSON of the scores are written to the run's `results/`. It takes
+the search and inference flags of `nmt-translate`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from nmt.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+from nmt.cli.options import add_option_flags, options_from_args
+from nmt.config import Config, InferenceOptions, SearchOptions
+from nmt.data.corpus import DataError, load_corpus, read_lines
+from nmt.scoring import Score, corpus_scores
+from nmt.translation import Translator
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Evaluation:
+    name: str  # the checkpoint, or the hypothesis file
+    split: str
+    beam: int
+    sentences: int
+    scores: list[Score]
+    seconds: float | None = None  # translation time, model loading excluded
+
+    @property
+    def sentences_per_s(self) -> float | None:
+        return self.sentences / self.seconds if self.seconds else None
+
+
+def evaluate_model(
+    checkpoint: Path, sources: list[str], references: list[str], split: str, args: argparse.Namespace
+) -> Evaluation:
+    """Translate `sources` with the checkpoint, score, and write hypotheses + JSON to results/."""
+    search_options, inference = options_from_args(SearchOptions, args), options_from_args(InferenceOptions, args)
+    translator = Translator.load(checkpoint, search_options, inference)
+    started = time.perf_counter()
+    hypotheses = translator.translate(sources)
+    seconds = time.perf_counter() - started
+    scores = corpus_scores(hypotheses, references)
+    evaluation = Evaluation(str(checkpoint), split, search_options.beam_size, len(sources), scores, seconds)
+    out_dir = _results_dir(checkpoint)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"{split}.{checkpoint.stem}.beam{search_options.beam_size}"
+    if inference.precision != "fp32" or inference.quantize != "none":
+        stem += f".{inference.quantize if inference.quantize != 'none' else inference.precision}"
+    if search_options.sample:
+        stem += f".sample{search_options.seed}"
+    (out_dir / f"{stem}.hyp").write_text("".join(h + "\n" for h in hypotheses), encoding="utf-8")
+    result = {
+        **asdict(evaluation),
+        "sentences_per_s": evaluation.sentences_per_s,
+        "search": asdict(search_options),
+        "inference": asdict(inference),
+    }
+    (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    log.info("wrote %s.{hyp,json} in %s", stem, out_dir)
+    return evaluation
+
+
+def _results_dir(checkpoint: Path) -> Path:
+    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    return run_dir / "results"
+
+
+def corpus_split(checkpoint: Path, split: str, source: str | None) -> tuple[list[str], list[str]]:
+    """Sources and references of the corpus the checkpoint was trained on (or `source`)."""
+    config = Config.from_dict(load_checkpoint(checkpoint)["config"]).data
+    prefixes = {"train": config.train_prefix, "validation": config.valid_prefix, "test": config.test_prefix}
+    corpus = load_corpus(source or config.source, config.src_lang, config.tgt_lang, prefixes)
+    return list(corpus[split]["src"]), list(corpus[split]["tgt"])
+
+
+def sacrebleu_testset(name: str, langpair: str) -> tuple[list[str], list[str]]:
+    """A sacrebleu test set (downloaded by sacrebleu into its cache on first use)."""
+    from sacrebleu.utils import get_reference_files, get_source_file
+
+    try:
+        source, reference = get_source_file(name, langpair), get_reference_files(name, langpair)[0]
+    except Exception as error:  # sacrebleu raises plain exceptions or exits for unknown sets
+        raise ValueError(f"sacrebleu test set {name!r} ({langpair}) is not available: {error}") from None
+    return read_lines(Path(source)), read_lines(Path(reference))
+
+
+def format_table(evaluations: list[Evaluation]) -> str:
+    lines = [
+        "| model | split | beam | sentences | BLEU | chrF | TER | sentences/s |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for e in evaluations:
+        scores = {s.name: s.score for s in e.scores}
+        speed = f"{e.sentences_per_s:.1f}" if e.sentences_per_s else "-"
+        lines.append(
+            f"| {e.name} | {e.split} | {e.beam} | {e.sentences} | {scores['BLEU']:.2f} | "
+            f"{scores['chrF2']:.2f} | {scores['TER']:.2f} | {speed} |"
+        )
+    signatures = {f"{s.name}: {s.signature}" for e in evaluations for s in e.scores}
+    return "\n".join([*lines, "", *sorted(signatures)])
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="nmt-evaluate", description="BLEU, chrF and TER with sacrebleu.")
+    parser.add_argument("checkpoints", nargs="*", metavar="RUN_OR_CKPT", help="run directories or checkpoints")
+    parser.add_argument("--split", choices=("validation", "test"), help="score a split of the run's corpus")
+    parser.add_argument("--source", help="corpus to read --split from (default: the one the run trained on)")
+    parser.add_argument("--src", help="source file to translate")
+    parser.add_argument("--ref", help="reference file")
+    parser.add_argument("--hyp", help="translations to score (no model needed)")
+    parser.add_argument("--testset", help="a sacrebleu test set name, e.g. wmt16 (sacrebleu downloads it)")
+    parser.add_argument("--langpair", help="with --testset: e.g. de-en (default: the run's languages)")
+    add_option_flags(parser, SearchOptions, "search")
+    add_option_flags(parser, InferenceOptions, "inference")
+    args = parser.parse_args(argv)
+    ways = sum([args.split is not None, args.src is not None, args.hyp is not None, args.testset is not None])
+    if ways != 1:
+        parser.error("give exactly one of --split, --src/--ref, --hyp/--ref, --testset")
+    if (args.src or args.hyp) and not args.ref:
+        parser.error("--src and --hyp need --ref")
+    if args.hyp is None and not args.checkpoints:
+        parser.error("give a run directory or checkpoint to translate with")
+    return args
+
+
+def evaluations(args: argparse.Namespace) -> list[Evaluation]:
+    if args.hyp:
+        hypotheses, references = read_lines(Path(args.hyp)), read_lines(Path(args.ref))
+        return [Evaluation(args.hyp, Path(args.ref).name, 0, len(hypotheses), corpus_scores(hypotheses, references))]
+    results = []
+    for run_or_checkpoint in args.checkpoints:
+        checkpoint = resolve_checkpoint(run_or_checkpoint)
+        if args.split:
+            sources, references = corpus_split(checkpoint, args.split, args.source)
+            split = args.split
+        elif args.testset:
+            sources, references = sacrebleu_testset(args.testset, args.langpair or _langpair(checkpoint))
+            split = args.testset
+        else:
+            sources, references = read_lines(Path(args.src)), read_lines(Path(args.ref))
+            split = Path(args.src).name
+        if len(sources) != len(references):
+            raise ValueError(f"{len(sources)} source lines but {len(references)} references")
+        results.append(evaluate_model(checkpoint, sources, references, split, args))
+    return results
+
+
+def _langpair(checkpoint: Path) -> str:
+    data = load_checkpoint(checkpoint)["config"]["data"]
+    return f"{data['src_lang']}-{data['tgt_lang']}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
+    args = parse_args(argv)
+    try:
+        table = format_table(evaluations(args))
+    except (ValueError, CheckpointError, DataError, RuntimeError, OSError) as error:
+        print(f"nmt-evaluate: {error}", file=sys.stderr)
+        return 2
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

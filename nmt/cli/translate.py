@@ -1,0 +1,162 @@
+"""`nmt-translate`: one output line for every input line, in order, over `nmt.translation.Translator`.
+
+    nmt-translate RUN_OR_CKPT [-i FILE] [-o FILE] [--beam 5] [--nbest N] [--sample ...]
+
+Input is read in chunks (line by line when typed at a terminal), so memory stays flat however
+long it is; invalid UTF-8 is replaced and reported once. An output file is written beside its
+target and renamed at the end, so a failed run never truncates an old one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import replace
+from pathlib import Path
+
+from tqdm import tqdm
+
+from nmt.checkpoint import CheckpointError
+from nmt.cli.options import add_option_flags, options_from_args
+from nmt.config import InferenceOptions, SearchOptions
+from nmt.translation import CHUNK_LINES, Translation, Translator
+from nmt.workers import WorkerError
+
+log = logging.getLogger(__name__)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="nmt-translate",
+        description="Translate text with a trained model: one output line for every input line, in order.",
+    )
+    parser.add_argument("checkpoint", metavar="RUN_OR_CKPT", help="run directory (its best.pt) or .pt checkpoint")
+    parser.add_argument("-i", "--input", help="input file (default: stdin)")
+    parser.add_argument("-o", "--output", help="output file (default: stdout)")
+    parser.add_argument("--scores", action="store_true", help="write SCORE<tab>TEXT for the best hypothesis")
+    parser.add_argument(
+        "--attention", metavar="DIR", type=Path, help="write each sentence's attention as DIR/<line>.png"
+    )
+    parser.add_argument(
+        "--gates", metavar="DIR", type=Path, help="inspect the gates of each sentence: DIR/<line>/*.png, gates.json"
+    )
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: when the output is not a terminal)",
+    )
+    add_option_flags(parser, SearchOptions, "search (with --nbest N > 1: LINE<tab>SCORE<tab>TEXT rows)")
+    add_option_flags(parser, InferenceOptions, "inference")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
+    args = parse_args(argv)
+    out_path = Path(args.output) if args.output else None
+    tmp_path = out_path.with_name(f".{out_path.name}.partial") if out_path else None
+    try:
+        search_options = replace(options_from_args(SearchOptions, args), return_attention=args.attention is not None)
+        translator = Translator.load(args.checkpoint, search_options, options_from_args(InferenceOptions, args))
+        # Opened here, closed by the `with` below: a missing input or output directory is one line.
+        source = open(args.input, "rb") if args.input else sys.stdin.buffer  # noqa: SIM115
+        total = _count_lines(args.input) if args.input else None
+        out = open(tmp_path, "w", encoding="utf-8") if tmp_path else sys.stdout  # noqa: SIM115
+    except (ValueError, CheckpointError, RuntimeError, OSError) as error:
+        print(f"nmt-translate: {error}", file=sys.stderr)
+        return 2
+    show_progress = args.progress if args.progress is not None else bool(out_path) or not sys.stdout.isatty()
+    try:
+        with source, out if tmp_path else nullcontext(out):
+            lines = read_lines(source, args.input or "<stdin>")
+            translate_all(translator, lines, out, args, total, show_progress, interactive=source.isatty())
+        if tmp_path and out_path:
+            tmp_path.replace(out_path)
+    except WorkerError as error:
+        print(f"nmt-translate: {error}", file=sys.stderr)
+        return 1
+    finally:
+        if tmp_path:
+            tmp_path.unlink(missing_ok=True)
+    return 0
+
+
+def translate_all(
+    translator: Translator,
+    lines: Iterator[str],
+    out,
+    args: argparse.Namespace,
+    total: int | None,
+    show_progress: bool,
+    interactive: bool,
+) -> None:
+    progress = tqdm(total=total, unit=" lines", disable=not show_progress, file=sys.stderr, dynamic_ncols=True)
+    # Typed input is answered line by line; piped input goes in chunks, sorted into batches.
+    chunk_lines = 1 if interactive else CHUNK_LINES
+    for number, translation in enumerate(translator.translate_stream(lines, chunk_lines), start=1):
+        out.write(format_translation(translation, number, args.nbest, args.scores))
+        if interactive:
+            out.flush()
+        if args.attention is not None:
+            _write_attention(translator, translation, number, args.attention)
+        if args.gates is not None and translation.source.strip():
+            _write_gates(translator, translation.source, args.gates / f"{number:06d}")
+        progress.update(1)
+    progress.close()
+    out.flush()
+
+
+def format_translation(translation: Translation, number: int, nbest: int, scores: bool) -> str:
+    if nbest > 1:
+        rows = translation.nbest or [("", 0.0)]
+        return "".join(f"{number}\t{score:.4f}\t{text}\n" for text, score in rows)
+    if scores:
+        return f"{translation.score:.4f}\t{translation.text}\n"
+    return translation.text + "\n"
+
+
+def read_lines(stream: io.BufferedIOBase, name: str) -> Iterator[str]:
+    """Decoded lines without their line ending; undecodable bytes become U+FFFD and are reported
+    once, with the first line number, so one bad byte never stops a long job."""
+    reported = False
+    for number, raw in enumerate(stream, start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            line = raw.decode("utf-8", errors="replace")
+            if not reported:
+                log.warning("%s:%d: invalid UTF-8 replaced with U+FFFD (reported once)", name, number)
+                reported = True
+        yield line.rstrip("\r\n")
+
+
+def _write_attention(translator: Translator, translation: Translation, number: int, directory: Path) -> None:
+    from nmt.plots import save_attention_heatmap  # matplotlib only when plots are asked for
+
+    if not translation.hypotheses or translation.hypotheses[0].attention is None:
+        return
+    best = translation.hypotheses[0]
+    src_pieces = [*translator.tokenizer.src_pieces(translation.source.strip()), "</s>"]
+    tgt_pieces = [*translator.tokenizer.tgt_id_pieces(best.tokens), "</s>"]
+    save_attention_heatmap(best.attention, src_pieces, tgt_pieces, directory / f"{number:06d}.png")
+
+
+def _write_gates(translator: Translator, sentence: str, directory: Path) -> None:
+    from nmt.inspection import inspect_sentence, write_inspection  # matplotlib only when asked
+
+    translation, layers = inspect_sentence(translator.model, translator.tokenizer, sentence, translator.device)
+    write_inspection(translation, layers, sentence, directory)
+
+
+def _count_lines(path: str) -> int:
+    with open(path, "rb") as stream:
+        return sum(1 for _ in stream)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""Token-level cross-entropy with label smoothing; padding never counts."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from nmt.data.tokenizer import PAD_ID
+
+
+def sequence_loss(
+    logits: torch.Tensor, tgt_out: torch.Tensor, label_smoothing: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits (batch, tgt_len, vocab) and tgt_out (batch, tgt_len), or packed: (tokens, vocab) and
+    (tokens,) -> (loss sum, nll sum).
+
+    The loss (smoothed) is what training minimises; the plain negative log-likelihood gives
+    perplexity. Both are sums over real tokens: divide by the token count. One log-softmax serves
+    both (it is the largest tensor of a training step): the smoothed loss is torch's
+    `cross_entropy(label_smoothing=eps)`, (1 - eps) * nll + eps * mean over the vocabulary of -log p.
+    """
+    log_probs = F.log_softmax(logits.reshape(-1, logits.size(-1)).float(), dim=-1)  # (tokens, vocab)
+    flat_target = tgt_out.reshape(-1)
+    nll = F.nll_loss(log_probs, flat_target, ignore_index=PAD_ID, reduction="sum")
+    if label_smoothing == 0.0:
+        return nll, nll.detach()
+    real = flat_target != PAD_ID
+    uniform = -log_probs.sum(dim=-1).masked_select(real).sum() / log_probs.size(-1)
+    return (1.0 - label_smoothing) * nll + label_smoothing * uniform, nll.detach()

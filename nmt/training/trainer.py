@@ -1,0 +1,502 @@
+"""Training: the Trainer, and `run_training`, everything `nmt-train` does once its config is set.
+
+The Trainer takes a validated `Config` (the Hydra edge is `nmt.cli.train`) and writes one run
+directory per run: `tokenizer/`, `checkpoints/{last,best}.pt`, `tensorboard/` (and, from the
+command line, `.hydra/` and `train.log`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import datasets
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from nmt.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
+from nmt.config import Config, TrainConfig
+from nmt.data.batching import Batch, collate, make_batcher, pack_targets, token_budget_batches
+from nmt.data.corpus import prepare_data
+from nmt.data.tokenizer import Tokenizer
+from nmt.model.device import autocast, resolve_device, resolve_precision
+from nmt.model.seq2seq import Seq2Seq, build_model, count_parameters
+from nmt.scoring import bleu
+from nmt.training.averaging import WeightAverage
+from nmt.training.data_parallel import GradientExchange, Helpers, Work, split_batch
+from nmt.training.loss import sequence_loss
+from nmt.training.schedule import annealed_lr, budget_used
+from nmt.translation import Translator
+from nmt.workers import can_fork, default_workers
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved in every checkpoint so a resumed run picks up exactly here."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # batches of `epoch` already trained on
+    best_bleu: float = -1.0
+    validations_since_best: int = 0  # for early stopping (train.patience)
+    train_seconds: float = 0.0  # wall time spent training, summed over resumes
+    tgt_tokens: int = 0
+
+
+class ThroughputMeter:
+    """Mean training loss per target token and target tokens per second since the last reset."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss, self.tokens, self.started = 0.0, 0, time.monotonic()
+
+    def add(self, loss_sum: float, tokens: int) -> None:
+        self.loss += loss_sum
+        self.tokens += tokens
+
+    def read(self) -> tuple[float, float]:
+        seconds = max(time.monotonic() - self.started, 1e-9)
+        return self.loss / max(self.tokens, 1), self.tokens / seconds
+
+
+class Trainer:
+    def __init__(
+        self,
+        config: Config,
+        run_dir: Path,
+        tokenizer: Tokenizer,
+        corpus: datasets.DatasetDict,
+        device: torch.device,
+    ) -> None:
+        self.config = config
+        self.train_config: TrainConfig = config.train
+        self.precision = resolve_precision(config.train.precision, device)
+        self.run_dir = run_dir
+        self.checkpoint_dir = run_dir / "checkpoints"
+        self.tokenizer = tokenizer
+        self.device = device
+        torch.manual_seed(self.train_config.seed)
+        self.model: Seq2Seq = build_model(config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
+        self.model.to(device)
+        # torch's fused Adam makes one pass over each weight where the default makes a dozen
+        # elementwise ones: 57 -> 17 ms per update of the reference model on one thread.
+        fused = device.type in ("cpu", "cuda")
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.train_config.lr, fused=fused)
+        decay = self.train_config.average_decay
+        self.average = WeightAverage(self.model, decay) if decay else None
+        # lr_decay_factor 1.0 means a constant rate (torch's plateau scheduler refuses factor 1).
+        self.scheduler = None
+        if self.train_config.lr_decay_factor < 1.0:
+            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                self.optimizer,
+                mode="min",
+                factor=self.train_config.lr_decay_factor,
+                patience=self.train_config.lr_patience,
+                min_lr=self.train_config.min_lr,
+            )
+        # Plain lists: indexing a datasets column reads Arrow on every access.
+        self.train_src, self.train_tgt = list(corpus["train"]["src_ids"]), list(corpus["train"]["tgt_ids"])
+        self.batcher = make_batcher(
+            self.train_config.batching,
+            [len(s) for s in self.train_src],
+            [len(t) for t in self.train_tgt],
+            self.train_config.batch_tokens,
+            self.train_config.seed,
+        )
+        valid = corpus["validation"]
+        self.valid_src, self.valid_tgt = list(valid["src_ids"]), list(valid["tgt_ids"])
+        self.valid_refs = list(valid["tgt"])
+        self.gate_sentence = next((text for text in valid["src"] if text.strip()), None)
+        self.validated_step = -1
+        # One process: the data-parallel helpers, when there are any, wait during validation.
+        self.translator = Translator(
+            self.model,
+            tokenizer,
+            self.train_config.valid_search,
+            device,
+            self.train_config.batch_tokens,
+            self.precision,
+            workers=1,
+        )
+        self.progress = Progress()
+        self.meter = ThroughputMeter()
+        self.threads = torch.get_num_threads()
+        self.workers = self._resolve_workers(self.train_config, device)
+        self.threads_per_worker = max(1, self.threads // self.workers)
+        self.pair_costs = [len(s) + len(t) for s, t in zip(self.train_src, self.train_tgt)]
+        self.helpers: Helpers | None = None
+        self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+        log.info(
+            "model: %s parameters; precision %s; %d training process%s",
+            f"{count_parameters(self.model):,}",
+            self.precision,
+            self.workers,
+            "es" if self.workers > 1 else "",
+        )
+
+    @staticmethod
+    def _resolve_workers(config: TrainConfig, device: torch.device) -> int:
+        """train.workers; 0: one per thread on a Linux CPU (nmt/workers.py), as long as each
+        shard keeps ~1,000 batch tokens (smaller shards' products lose what a process gains).
+        CUDA and systems without fork train in one process."""
+        if device.type != "cpu" or not can_fork():
+            if config.workers > 1:
+                log.warning("train.workers=%d needs a CPU and fork; training in one process", config.workers)
+            return 1
+        return config.workers or max(1, min(default_workers(), config.batch_tokens // 1000))
+
+    # --- checkpoints -------------------------------------------------------------------------
+    def _payload(self, full: bool) -> dict:
+        # "model" is what translation uses: the averaged weights when averaging is on.
+        payload = {
+            "config": self.config.to_dict(),
+            "tokenizer": self.tokenizer.state(),
+            "model": self.model.state_dict() if self.average is None else self.average.state_dict(self.model),
+            "progress": asdict(self.progress),
+        }
+        if full:
+            if self.average is not None:
+                payload["trained_model"] = self.model.state_dict()  # where the optimizer goes on from
+            payload["optimizer"] = self.optimizer.state_dict()
+            payload["scheduler"] = None if self.scheduler is None else self.scheduler.state_dict()
+            payload["rng"] = {"torch": torch.get_rng_state()}
+            if torch.cuda.is_available():
+                payload["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+        return payload
+
+    def save(self, best: bool = False) -> None:
+        save_checkpoint(self._payload(full=True), self.checkpoint_dir / LAST)
+        if best:
+            save_checkpoint(self._payload(full=False), self.checkpoint_dir / BEST)
+
+    def restore(self, payload: dict) -> None:
+        """Continue from a `last.pt` payload: weights, optimizer, scheduler, RNG, data position."""
+        self.model.load_state_dict(payload.get("trained_model", payload["model"]))
+        if self.average is not None:
+            # A run that was not averaging starts its average from the weights it resumes with.
+            self.average.load(payload["model"], updates=payload["progress"]["step"])
+        # The saved groups carry the saving run's `fused` flag: this run's decides (and where the
+        # step counters live).
+        saved = payload["optimizer"]
+        groups = [{**group, "fused": self.optimizer.defaults["fused"]} for group in saved["param_groups"]]
+        self.optimizer.load_state_dict({**saved, "param_groups": groups})
+        if self.scheduler is not None and payload.get("scheduler") is not None:
+            self.scheduler.load_state_dict(payload["scheduler"])
+        torch.set_rng_state(payload["rng"]["torch"])
+        if "cuda" in payload["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
+        self.progress = Progress(**payload["progress"])
+        log.info(
+            "resumed at step %d (epoch %d, batch %d), best BLEU %.2f",
+            self.progress.step,
+            self.progress.epoch,
+            self.progress.batch_in_epoch,
+            self.progress.best_bleu,
+        )
+
+    # --- the loop ----------------------------------------------------------------------------
+    def limit_reached(self) -> bool:
+        """Whether a stopping rule of the config holds (steps, epochs, minutes, patience)."""
+        cfg, progress = self.train_config, self.progress
+        return bool(
+            (cfg.max_steps and progress.step >= cfg.max_steps)
+            or (cfg.max_epochs and progress.epoch >= cfg.max_epochs)
+            or (cfg.max_minutes and progress.train_seconds >= cfg.max_minutes * 60)
+            or (cfg.patience and progress.validations_since_best >= cfg.patience)
+        )
+
+    def train(self) -> Progress:
+        """Train until a limit is reached; the final weights are validated and saved."""
+        progress = self.progress
+        self._started, self._seconds_before = time.monotonic(), progress.train_seconds
+        with self.data_parallel():
+            while not self.limit_reached():
+                batches = self.batcher.epoch_batches(progress.epoch)
+                self._run_epoch(batches)
+                if progress.batch_in_epoch < len(batches):
+                    break  # a limit was reached inside the epoch
+                progress.epoch += 1
+                progress.batch_in_epoch = 0
+                if not self.train_config.validate_every:
+                    self._validate_and_save()
+        if self.validated_step != progress.step:
+            self._validate_and_save()
+        log.info(
+            "done: %d steps, %d epochs, %.1f min, best validation BLEU %.2f",
+            progress.step,
+            progress.epoch,
+            progress.train_seconds / 60,
+            progress.best_bleu,
+        )
+        self.writer.close()
+        return progress
+
+    def _run_epoch(self, batches: list[list[int]]) -> None:
+        """The rest of this epoch's batches (all of them, unless resumed mid-epoch)."""
+        cfg, progress = self.train_config, self.progress
+        with tqdm(
+            total=len(batches),
+            initial=progress.batch_in_epoch,
+            desc=f"epoch {progress.epoch + 1}",
+            disable=None,
+            dynamic_ncols=True,
+            leave=False,
+        ) as bar:
+            for indices in batches[progress.batch_in_epoch :]:
+                if cfg.lr_anneal:
+                    self._set_lr(progress.epoch + progress.batch_in_epoch / len(batches))
+                loss_sum, tokens = self.train_step(indices)
+                progress.step += 1
+                progress.batch_in_epoch += 1
+                progress.tgt_tokens += tokens
+                progress.train_seconds = self._seconds_before + time.monotonic() - self._started
+                self.meter.add(loss_sum, tokens)
+                bar.update(1)
+                if progress.step % cfg.log_every == 0:
+                    self._log_train(bar)
+                if self.limit_reached():
+                    return
+                if cfg.validate_every and progress.step % cfg.validate_every == 0:
+                    self._validate_and_save()
+                elif cfg.save_every and progress.step % cfg.save_every == 0:
+                    self.save()
+
+    def _set_lr(self, epoch_progress: float) -> None:
+        """The annealed rate of the coming update, from the budget spent so far (so a resumed run
+        continues the same fall)."""
+        cfg, progress = self.train_config, self.progress
+        used = budget_used(
+            progress.step, progress.train_seconds, epoch_progress, cfg.max_steps, cfg.max_minutes, cfg.max_epochs
+        )
+        for group in self.optimizer.param_groups:
+            group["lr"] = annealed_lr(cfg.lr, cfg.min_lr, cfg.lr_anneal, used)
+
+    def train_step(self, indices: list[int]) -> tuple[float, int]:
+        """One update on the training pairs `indices` -> (loss sum, target tokens)."""
+        self.model.train()
+        tokens = sum(len(self.train_tgt[i]) + 1 for i in indices)  # target tokens, eos included
+        if self.helpers is None:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss_sum = self.shard_backward(indices, tokens)
+        else:
+            shards = split_batch(indices, self.pair_costs, self.workers)
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.helpers.dispatch([Work(shard, tokens, lr, self.progress.step) for shard in shards[1:]])
+            self.exchange.zero(0)
+            loss_sum = self.helpers.all_sum(self.shard_backward(shards[0], tokens))
+        self._update()
+        if self.average is not None:
+            self.average.update(self.model)
+        return loss_sum, tokens
+
+    def shard_backward(self, indices: list[int], batch_tokens: int) -> float:
+        """Forward and backward over these pairs; the loss is divided by the whole batch's target
+        tokens (`batch_tokens`), so the gradients of a batch's shards add up to the batch's."""
+        if not indices:
+            return 0.0
+        batch = collate([self.train_src[i] for i in indices], [self.train_tgt[i] for i in indices])
+        loss_sum, _ = self._batch_loss(batch.to(self.device), self.train_config.label_smoothing)
+        (loss_sum / batch_tokens).backward()
+        return loss_sum.item()
+
+    def _update(self) -> None:
+        if self.train_config.clip_norm:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train_config.clip_norm)
+        self.optimizer.step()
+
+    # --- data-parallel helpers (nmt/training/data_parallel.py) ----------------------------------
+    @contextmanager
+    def data_parallel(self) -> Iterator[None]:
+        """Inside the block, train_step runs on `self.workers` processes (with 2 or more): the
+        helpers are forked on entry, after any resume, so they start from these weights and this
+        optimizer state, and stopped on exit, however the block ends."""
+        if self.workers < 2:
+            yield
+            return
+        context = multiprocessing.get_context("fork")
+        self.exchange = GradientExchange(list(self.model.parameters()), self.workers, context)
+        self.helpers = Helpers(self.exchange, self._helper_loop, context)
+        self.exchange.attach(0)
+        torch.set_num_threads(self.threads_per_worker)
+        try:
+            yield
+        finally:
+            self.helpers.close()
+            self.helpers = None
+            for parameter in self.model.parameters():
+                parameter.grad = None  # the shared rows go with the helpers
+            torch.set_num_threads(self.threads)
+
+    def _helper_loop(self, rank: int, inbox) -> None:
+        """A helper's life: the trainer's shard of each step, until it sends None."""
+        torch.set_num_threads(self.threads_per_worker)
+        self.exchange.attach(rank)
+        self.model.train()
+        while (work := inbox.get()) is not None:
+            # Dropout draws of its own (the trainer's seed would repeat the trainer's masks), a
+            # function of the step so that a resumed run draws what the whole run would have.
+            torch.manual_seed(self.train_config.seed + 7919 * rank + 104729 * work.step)
+            for group in self.optimizer.param_groups:
+                group["lr"] = work.lr
+            self.exchange.zero(rank)
+            self.exchange.all_sum(rank, self.shard_backward(work.shard, work.batch_tokens))
+            self._update()
+
+    def _batch_loss(self, batch: Batch, label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced (loss sum, nll sum) over the batch's real target tokens. The loss is fp32
+        whatever the precision (sequence_loss upcasts the logits)."""
+        with autocast(self.precision, self.device):
+            logits = self.model.forward_packed(batch.src, batch.src_lengths, batch.tgt_in, batch.tgt_lengths)
+        return sequence_loss(logits, pack_targets(batch.tgt_out, batch.tgt_lengths), label_smoothing)
+
+    def _log_train(self, bar: tqdm) -> None:
+        loss, tokens_per_s = self.meter.read()
+        self.meter.reset()
+        step, lr = self.progress.step, self.optimizer.param_groups[0]["lr"]
+        self.writer.add_scalar("train/loss", loss, step)
+        self.writer.add_scalar("train/lr", lr, step)
+        self.writer.add_scalar("train/tokens_per_s", tokens_per_s, step)
+        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:.0f}")
+        log.info(
+            "step %d epoch %d: loss %.3f, lr %.2g, %.0f target tokens/s, %.1f min",
+            step,
+            self.progress.epoch + 1,
+            loss,
+            lr,
+            tokens_per_s,
+            self.progress.train_seconds / 60,
+        )
+
+    # --- validation --------------------------------------------------------------------------
+    def validate(self) -> dict[str, float]:
+        """Teacher-forced loss and perplexity, and BLEU of the greedy translations."""
+        self.model.eval()
+        src_ids, tgt_ids = self.valid_src, self.valid_tgt
+        lengths = [max(len(s), len(t)) + 1 for s, t in zip(src_ids, tgt_ids)]
+        nll_total, tokens = 0.0, 0
+        with torch.inference_mode():
+            for indices in token_budget_batches(lengths, self.train_config.batch_tokens):
+                batch = collate([src_ids[i] for i in indices], [tgt_ids[i] for i in indices]).to(self.device)
+                _, nll = self._batch_loss(batch)
+                nll_total += float(nll)
+                tokens += batch.num_tgt_tokens
+        limit = self.train_config.valid_bleu_sentences or len(src_ids)
+        hypotheses = self.translator.translate_ids(src_ids[:limit])
+        score = bleu(hypotheses, self.valid_refs[:limit])
+        loss = nll_total / max(tokens, 1)
+        return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "bleu": score.score, "signature": score.signature}
+
+    def _averaged(self):
+        """Inside this block the model holds the weights that validation and best.pt judge."""
+        return self.average.applied(self.model) if self.average is not None else nullcontext()
+
+    def _validate_and_save(self) -> None:
+        torch.set_num_threads(self.threads)  # the helpers wait: validation may use every core
+        try:
+            with self._averaged():
+                result = self.validate()
+        finally:
+            torch.set_num_threads(self.threads_per_worker if self.helpers is not None else self.threads)
+        step = self.validated_step = self.progress.step
+        minutes = self.progress.train_seconds / 60
+        for name in ("loss", "ppl", "bleu"):
+            self.writer.add_scalar(f"valid/{name}", result[name], step)
+        self.writer.add_scalar("valid/train_minutes", minutes, step)
+        self.writer.flush()
+        if self.scheduler is not None:
+            self.scheduler.step(result["loss"])
+        improved = result["bleu"] > self.progress.best_bleu
+        if improved:
+            self.progress.best_bleu = result["bleu"]
+            self.progress.validations_since_best = 0
+        else:
+            self.progress.validations_since_best += 1
+        self.save(best=improved)
+        with self._averaged():
+            self._plot_attention(step)
+            self._plot_gates(step)
+        self.meter.reset()  # validation time is not training time
+        log.info(
+            "validation at step %d (%.1f min): loss %.3f, ppl %.2f, BLEU %.2f%s (%s)",
+            step,
+            minutes,
+            result["loss"],
+            result["ppl"],
+            result["bleu"],
+            " (best)" if improved else "",
+            result["signature"],
+        )
+
+    def _plot_attention(self, step: int) -> None:
+        """Attention heatmaps of the first validation sentences, greedy, to TensorBoard."""
+        count = self.train_config.valid_attention_plots
+        if not count or self.model.decoder.attention is None:
+            return
+        from nmt.plots import attention_figure  # matplotlib only when plots are asked for
+
+        options = replace(self.translator.options, beam_size=1, nbest=1, sample=False, return_attention=True)
+        plotter = Translator(
+            self.model, self.tokenizer, options, self.device, self.translator.batch_tokens, self.precision, 1
+        )
+        for i, hypotheses in enumerate(plotter.search_ids(self.valid_src[:count])):
+            best = hypotheses[0]
+            if best.attention is None:
+                continue
+            src_pieces = [*self.tokenizer.src_id_pieces(self.valid_src[i]), "</s>"]
+            tgt_pieces = [*self.tokenizer.tgt_id_pieces(best.tokens), "</s>"]
+            self.writer.add_figure(
+                f"attention/valid_{i}", attention_figure(best.attention, src_pieces, tgt_pieces), step
+            )
+
+    def _plot_gates(self, step: int) -> None:
+        """Every layer's gates on the first validation sentence, to TensorBoard."""
+        if not self.train_config.valid_gate_plots or self.gate_sentence is None:
+            return
+        from nmt.inspection import inspect_sentence
+        from nmt.plots import gate_figure
+
+        _, layers = inspect_sentence(self.model, self.tokenizer, self.gate_sentence, self.device)
+        for layer in layers:
+            title = f"{layer.side} layer {layer.layer} ({layer.direction})"
+            self.writer.add_figure(f"gates/{layer.name}", gate_figure(layer.gates, layer.pieces, title), step)
+
+
+def run_training(config: Config, run_dir: Path) -> Progress:
+    """Everything `nmt-train` does once its config is composed and checked."""
+    cfg = config.train
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    device = resolve_device(cfg.device)
+    resume_payload = None
+    tokenizer = None
+    if cfg.resume:
+        resume_payload = load_checkpoint(Path(cfg.resume) / "checkpoints" / LAST)
+        saved = Config.from_dict(resume_payload["config"])
+        _warn_ignored_changes(config, saved)
+        config = Config(data=saved.data, model=saved.model, train=cfg)
+        tokenizer = Tokenizer.from_state(resume_payload["tokenizer"])
+    log.info("run directory: %s; device %s, %d CPU threads", run_dir, device, torch.get_num_threads())
+    tokenizer, corpus = prepare_data(config.data, tokenizer, num_threads=torch.get_num_threads())
+    tokenizer.save(run_dir / "tokenizer")
+    log.info("vocabulary: %d source, %d target pieces", tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
+    trainer = Trainer(config, run_dir, tokenizer, corpus, device)
+    if resume_payload is not None:
+        trainer.restore(resume_payload)
+    return trainer.train()
+
+
+def _warn_ignored_changes(current: Config, saved: Config) -> None:
+    for section in ("data", "model"):
+        if getattr(current, section) != getattr(saved, section):
+            log.warning("resuming: the run's saved %s config is used; %s overrides are ignored", section, section)

@@ -1,0 +1,196 @@
+"""The Translator: a checkpoint in, text in, text out. The Python API of nmt.
+
+    from nmt import Translator
+
+    translator = Translator.load("runs/multi30k_de_en/<time>", beam_size=5, nbest=2)
+    translator.translate(["Ein Mann fährt Fahrrad."])            # ['A man rides a bike.']
+    translator.translate_lines(["Ein Hund läuft."])[0].nbest     # [('A dog runs.', -0.21), ...]
+
+Lines are translated in token-budget batches of similar length and returned in input order, one
+result for every line; a blank line gives an empty result. The command lines (`nmt.cli`) are thin
+layers over this module.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nmt.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+from nmt.config import Config, InferenceOptions, SearchOptions
+from nmt.data.batching import collate_src, token_budget_batches
+from nmt.data.tokenizer import Tokenizer
+from nmt.model.device import autocast, resolve_device, resolve_precision
+from nmt.model.quantize import quantize_int8
+from nmt.model.seq2seq import Seq2Seq, build_model
+from nmt.search import Hypothesis, search
+from nmt.workers import can_fork, map_in_workers, resolve_workers
+
+log = logging.getLogger(__name__)
+
+CHUNK_LINES = 2000  # lines of a stream read, sorted and translated together
+
+
+@dataclass
+class Translation:
+    """The search's hypotheses for one input line, best first, with their detokenized texts."""
+
+    source: str
+    hypotheses: list[Hypothesis] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return self.texts[0] if self.texts else ""
+
+    @property
+    def score(self) -> float:
+        """The best hypothesis's score (log-probability after the length penalty); 0 for a blank line."""
+        return self.hypotheses[0].score if self.hypotheses else 0.0
+
+    @property
+    def nbest(self) -> list[tuple[str, float]]:
+        """(text, score) of every hypothesis kept, best first."""
+        return [(text, hypothesis.score) for text, hypothesis in zip(self.texts, self.hypotheses)]
+
+
+class Translator:
+    """A model and its tokenizer, with the search and the batching to translate with."""
+
+    def __init__(
+        self,
+        model: Seq2Seq,
+        tokenizer: Tokenizer,
+        search_options: SearchOptions,
+        device: torch.device,
+        batch_tokens: int,
+        precision: str,
+        workers: int,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.options = search_options
+        self.device = device
+        self.batch_tokens = batch_tokens
+        self.precision = resolve_precision(precision, device)  # a bad value fails here, not mid-translation
+        # Forked processes for the batches of one call (nmt.workers); CUDA cannot fork.
+        self.workers = resolve_workers(workers) if device.type == "cpu" and can_fork() else 1
+
+    @classmethod
+    def load(
+        cls,
+        run_or_checkpoint: str | Path,
+        search_options: SearchOptions | None = None,
+        inference: InferenceOptions | None = None,
+        **options: Any,
+    ) -> Translator:
+        """The model of a run directory (its best.pt, else last.pt) or of a checkpoint file.
+
+        `options` are fields of SearchOptions (beam_size, nbest, length_penalty, sample, ...) or
+        of InferenceOptions (device, precision, quantize, batch_tokens, workers), by name; they
+        override `search_options` and `inference`.
+        """
+        search_options, inference = split_options(search_options, inference, options)
+        model, tokenizer, _ = load_model(run_or_checkpoint, inference.device)
+        device = next(model.parameters()).device
+        if inference.quantize == "int8":
+            if device.type != "cpu":
+                raise ValueError("int8 quantization runs on the CPU only; use device cpu")
+            quantize_int8(model)
+        return cls(
+            model, tokenizer, search_options, device, inference.batch_tokens, inference.precision, inference.workers
+        )
+
+    def translate(self, lines: list[str]) -> list[str]:
+        """The best translation of every line, in order; empty for blank lines."""
+        return [translation.text for translation in self.translate_lines(lines)]
+
+    def translate_lines(self, lines: list[str]) -> list[Translation]:
+        """One Translation per line (its n-best hypotheses, texts and scores), in order."""
+        translations = [Translation(line) for line in lines]
+        todo = [i for i, line in enumerate(lines) if line.strip()]
+        src_ids = self.tokenizer.encode_src([lines[i].strip() for i in todo])
+        for i, hypotheses in zip(todo, self.search_ids(src_ids)):
+            translations[i].hypotheses = hypotheses
+            translations[i].texts = self.tokenizer.decode_tgt([h.tokens for h in hypotheses])
+        return translations
+
+    def translate_stream(self, lines: Iterable[str], chunk_lines: int = CHUNK_LINES) -> Iterator[Translation]:
+        """Translations of a (possibly endless) stream of lines, in order, chunk by chunk."""
+        iterator = iter(lines)
+        while chunk := list(itertools.islice(iterator, chunk_lines)):
+            yield from self.translate_lines(chunk)
+
+    def translate_ids(self, src_ids: list[list[int]]) -> list[str]:
+        """Source piece ids -> the best hypothesis of each, detokenized."""
+        return self.tokenizer.decode_tgt([hypotheses[0].tokens for hypotheses in self.search_ids(src_ids)])
+
+    def search_ids(self, src_ids: list[list[int]]) -> list[list[Hypothesis]]:
+        """Source piece ids -> hypotheses per sentence, in the order given.
+
+        The batches do not depend on `workers`, so neither do the translations."""
+        results: list[list[Hypothesis]] = [[] for _ in src_ids]
+        # +1 for the eos that collate_src appends.
+        batches = token_budget_batches([len(ids) + 1 for ids in src_ids], self.batch_tokens)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            if self.workers > 1 and len(batches) > 1:
+                # Longest sentences first (batches come shortest first): the workers finish together.
+                longest_first = batches[::-1]
+                tasks = [[src_ids[i] for i in batch] for batch in longest_first]
+                finished = map_in_workers(self._search_batch, tasks, self.workers)
+                batch_results = ((longest_first[k], hypotheses) for k, hypotheses in finished)
+            else:
+                batch_results = ((batch, self._search_batch([src_ids[i] for i in batch])) for batch in batches)
+            for batch, hypotheses_of_batch in batch_results:
+                for i, hypotheses in zip(batch, hypotheses_of_batch):
+                    results[i] = hypotheses
+        finally:
+            self.model.train(was_training)
+        return results
+
+    def _search_batch(self, src_ids: list[list[int]]) -> list[list[Hypothesis]]:
+        with torch.inference_mode(), autocast(self.precision, self.device):
+            src, src_lengths = collate_src(src_ids)
+            return search(self.model, src.to(self.device), src_lengths, self.options)
+
+
+def split_options(
+    search_options: SearchOptions | None, inference: InferenceOptions | None, options: dict[str, Any]
+) -> tuple[SearchOptions, InferenceOptions]:
+    """Search and inference options with `options` (fields of either, by name) applied; an
+    unknown name is a TypeError that lists the valid ones."""
+    search_fields = {f.name for f in fields(SearchOptions)}
+    inference_fields = {f.name for f in fields(InferenceOptions)}
+    unknown = sorted(set(options) - search_fields - inference_fields)
+    if unknown:
+        valid = ", ".join(sorted(search_fields | inference_fields))
+        raise TypeError(f"unknown option {', '.join(unknown)}; valid options: {valid}")
+    search_changes = {k: v for k, v in options.items() if k in search_fields}
+    inference_changes = {k: v for k, v in options.items() if k in inference_fields}
+    search_options = replace(search_options or SearchOptions(), **search_changes)
+    inference = replace(inference or InferenceOptions(), **inference_changes)
+    return search_options, inference
+
+
+def load_model(run_or_checkpoint: str | Path, device: str = "auto") -> tuple[Seq2Seq, Tokenizer, dict]:
+    """The model (in eval mode, on the device) and tokenizer of a checkpoint, and its payload."""
+    path = resolve_checkpoint(run_or_checkpoint)
+    payload = load_checkpoint(path)
+    config = Config.from_dict(payload["config"])
+    tokenizer = Tokenizer.from_state(payload["tokenizer"])
+    model = build_model(config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, init_weights=False)
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as error:
+        raise CheckpointError(f"{path}: weights do not fit the model its config describes: {error}") from None
+    model.to(resolve_device(device)).eval()
+    log.info("loaded %s (step %s)", path, payload.get("progress", {}).get("step", "?"))
+    return model, tokenizer, payload

@@ -1,0 +1,164 @@
+"""What the tests share besides fixtures: a toy corpus, a small model, a toy decoder.
+
+The toy corpus is made here, in every source layout nmt reads; the small model is a real
+Seq2Seq; `TableModel` implements the decoding protocol with a fixed table of next-piece
+log-probabilities, so searches can be held to their definitions.
+"""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from nmt.config import Config, DataConfig, DecoderConfig, EncoderConfig, ModelConfig, TokenizerConfig, TrainConfig
+from nmt.data.batching import pad
+from nmt.model.seq2seq import Seq2Seq, build_model
+
+SUBJECTS = [
+    ("der Hund", "the dog"),
+    ("die Katze", "the cat"),
+    ("ein Mann", "a man"),
+    ("eine Frau", "a woman"),
+    ("das Kind", "the child"),
+    ("der Junge", "the boy"),
+]
+VERBS = [
+    ("läuft", "runs"),
+    ("schläft", "sleeps"),
+    ("spielt", "plays"),
+    ("springt", "jumps"),
+    ("isst", "eats"),
+    ("lacht", "laughs"),
+]
+PLACES = [
+    ("im Park", "in the park"),
+    ("am Strand", "on the beach"),
+    ("auf der Straße", "on the street"),
+    ("im Schnee", "in the snow"),
+    ("", ""),
+]
+
+
+def make_pairs() -> list[tuple[str, str]]:
+    """180 German-English pairs of a toy grammar (subject, verb, optional place), shuffled so
+    that every word of the validation and test pairs is seen in training."""
+    pairs = []
+    for (sd, se), (vd, ve), (pd, pe) in itertools.product(SUBJECTS, VERBS, PLACES):
+        de = f"{sd[0].upper()}{sd[1:]} {vd} {pd}".strip() + "."
+        en = f"{se[0].upper()}{se[1:]} {ve} {pe}".strip() + "."
+        pairs.append((de, en))
+    random.Random(0).shuffle(pairs)
+    return pairs
+
+
+PAIRS = make_pairs()
+SPLITS = {"train": PAIRS[:140], "val": PAIRS[140:160], "test": PAIRS[160:]}
+
+
+def write_lines(path: Path, lines: list[str]) -> None:
+    data = ("\n".join(lines) + "\n").encode("utf-8")
+    if path.name.endswith(".gz"):
+        path.write_bytes(gzip.compress(data))
+    else:
+        path.write_bytes(data)
+
+
+VOCAB = 40  # the small model's source and target vocabulary
+
+
+def small_model(**overrides) -> Seq2Seq:
+    """A 2-layer attention model with no dropout, seeded: the same weights at every call."""
+    options = dict(
+        embed_dim=16,
+        encoder=EncoderConfig(hidden_size=12, num_layers=2, bidirectional=True),
+        decoder=DecoderConfig(hidden_size=24, num_layers=2),
+        attention="bahdanau",
+        input_feeding=True,
+        dropout=0.0,
+    )
+    options.update(overrides)
+    torch.manual_seed(0)
+    return build_model(ModelConfig(**options), VOCAB, VOCAB).eval()
+
+
+def random_batch(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    rows = [torch.randint(4, VOCAB, (n,), generator=generator).tolist() for n in lengths]
+    return pad(rows), torch.tensor(lengths)
+
+
+def tiny_config(source: Path, **train) -> Config:
+    train_options = dict(
+        batch_tokens=300,
+        lr=0.003,
+        max_epochs=0,
+        max_steps=12,
+        save_every=4,
+        log_every=4,
+        validate_every=6,
+        label_smoothing=0.1,
+        num_threads=1,
+    )
+    train_options.update(train)
+    return Config(
+        data=DataConfig(name="toy", source=str(source), tokenizer=TokenizerConfig(vocab_size=80)),
+        model=ModelConfig(embed_dim=16, encoder=EncoderConfig(16, 1, True), decoder=DecoderConfig(32, 1), dropout=0.3),
+        train=TrainConfig(**train_options),
+    )
+
+
+# --- a toy model of the decoding protocol ------------------------------------------------------
+NEVER = -1e4  # the log-probability of what a table never produces
+
+
+@dataclass
+class TableState:
+    """The decoding protocol's state for TableModel: which sentence every row belongs to."""
+
+    rows: torch.Tensor  # (rows,) the sentence of every row
+    sentences: int
+    attention_weights: None = None
+
+    @property
+    def beams(self) -> int:
+        return self.rows.numel() // self.sentences
+
+    def reorder_beams(self, parents: torch.Tensor) -> TableState:
+        assert (
+            self.rows[parents] == torch.arange(self.sentences).repeat_interleave(parents.numel() // self.sentences)
+        ).all()
+        return TableState(self.rows[parents], self.sentences)
+
+    def select_sentences(self, sentences: torch.Tensor) -> TableState:
+        return TableState(self.rows.view(-1, self.beams)[sentences].reshape(-1), sentences.numel())
+
+
+class TableModel:
+    """Next-piece log-probabilities that depend only on the previous piece: a (vocab, vocab) table."""
+
+    def __init__(self, table: torch.Tensor) -> None:
+        self.table = table
+
+    def encode(self, src, src_lengths):
+        return src
+
+    def init_decoder(self, encoded) -> TableState:
+        return TableState(torch.arange(encoded.size(0)), encoded.size(0))
+
+    def step(self, prev_tokens, state):
+        return self.table[prev_tokens].clone(), state
+
+
+def table_from(rows: dict[int, dict[int, float]], vocab: int = 7) -> torch.Tensor:
+    """A table from {previous piece: {next piece: probability}}; anything else is NEVER."""
+    table = torch.full((vocab, vocab), NEVER)
+    for prev, nexts in rows.items():
+        for token, prob in nexts.items():
+            table[prev, token] = math.log(prob)
+    return table
