@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 ARGS   ?=
 
-.PHONY: install train translate eval test test-all bench scaling tensorboard long-range clean
+.PHONY: install train translate eval inspect test test-all lint format wheel bench scaling tensorboard long-range clean
 
 install: $(STAMP)
 
@@ -27,11 +27,27 @@ translate: $(STAMP)
 eval: $(STAMP)
 	$(BIN)/nmt-evaluate $(ARGS)
 
+inspect: $(STAMP)
+	$(BIN)/nmt-inspect $(ARGS)
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -q $(ARGS)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)
+
+# ruff, configured in pyproject.toml: the formatter's verdict and the linter's.
+lint: $(STAMP)
+	$(BIN)/ruff format --check nmt tests scripts conf
+	$(BIN)/ruff check nmt tests scripts conf
+
+format: $(STAMP)
+	$(BIN)/ruff format nmt tests scripts conf
+	$(BIN)/ruff check --fix nmt tests scripts conf
+
+# A wheel in dist/ (configs inside, as package data): pip install dist/nmt-*.whl
+wheel: $(STAMP)
+	$(BIN)/python -m build --wheel --outdir dist .
 
 # The speed benchmark of the reference model (scripts/bench.py): ARGS="--run RUN --baseline REV --peers".
 bench: $(STAMP)
@@ -47,4 +63,4 @@ tensorboard: $(STAMP)
 	$(BIN)/tensorboard --logdir runs $(ARGS)
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache build dist

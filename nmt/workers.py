@@ -3,7 +3,7 @@
 Beam search on a CPU spends about half its time outside the matrix products: torch's dispatch of
 ~250 small operations per step and operations too small to split between cores. One process with
 two threads speeds the products up but not that overhead, so two processes with one thread each,
-each searching its own batches, translate faster (the README has the figures). The workers are
+each searching its own batches, translate faster (docs/performance.md has the figures). The workers are
 forked: they share the parent's model pages without pickling it, and only task numbers and
 results travel between the processes. Fork needs a POSIX system (not Windows, and not after CUDA
 has started, so the callers use workers on the CPU only).

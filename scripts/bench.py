@@ -58,7 +58,7 @@ REFERENCE = [
 # peers' batches (describe_model prints the real count).
 REFERENCE_BATCH_TOKENS = 2400
 LOG_LINE = re.compile(
-    r"^\[(?P<time>[\d\-: ,]+)\]\[nmt\.train\]\[INFO\] - step (?P<step>\d+) .*?(?P<rate>[\d.]+) target tokens/s"
+    r"^\[(?P<time>[\d\-: ,]+)\]\[nmt\.train(?:ing\.trainer)?\]\[INFO\] - step (?P<step>\d+) .*?(?P<rate>[\d.]+) target tokens/s"
 )
 
 
@@ -190,7 +190,9 @@ def run_training(
         command = [
             python,
             "-c",
-            "from nmt.training.trainer import main; main()",
+            "-m",
+            entry_module(tree, "train"),
+            *config_path(tree),
             *REFERENCE,
             *overrides,
             f"data.source={data}",
@@ -240,7 +242,7 @@ def run_translation(
         command = [
             python,
             "-m",
-            "nmt.translation",
+            entry_module(tree, "translate"),
             str(run),
             "-i",
             str(source),
@@ -289,6 +291,21 @@ def worktree(revision: str) -> Path:
         ["git", "worktree", "add", "--detach", str(path), revision], cwd=ROOT, check=True, capture_output=True
     )
     return path
+
+
+def entry_module(tree: Path, command: str) -> str:
+    """The module that runs nmt-train / nmt-translate in this revision's layout."""
+    if (tree / "nmt" / "cli").is_dir():
+        return f"nmt.cli.{command}"
+    return f"nmt.{command}"
+
+
+def config_path(tree: Path) -> list[str]:
+    """A revision whose configs ship as the package nmt.conf finds them through the installed
+    package, i.e. this checkout's conf/: point Hydra at the revision's own."""
+    if (tree / "nmt" / "cli").is_dir() and tree != ROOT:
+        return ["--config-path", str(tree / "conf")]
+    return []
 
 
 def supports_precision(tree: Path) -> bool:

@@ -75,7 +75,7 @@ def translate_seconds(run: Path, lines: list[str], options: list[str]) -> tuple[
         command = [
             sys.executable,
             "-m",
-            "nmt.translation",
+            "nmt.cli.translate",
             str(run),
             "-i",
             str(source),
@@ -138,7 +138,7 @@ def main() -> int:
 
     if not args.skip_train:
         torch.manual_seed(0)
-        model = build_model(ModelConfig(), VOCAB, 4200).train()  # ~4,200 target pieces: see README
+        model = build_model(ModelConfig(), VOCAB, 4200).train()  # ~4,200 target pieces (docs/performance.md)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)  # as the trainer
         budgets = [250, 500, 1000, 2000, 4000, 8000]
         by_batch = [train_rate(model, optimizer, max(1, n // 15), 15, args.precision) for n in budgets]

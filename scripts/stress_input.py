@@ -5,7 +5,7 @@ empty, one line of 5,000 characters and one line of invalid UTF-8.
     python scripts/stress_input.py SOURCE_FILE[.gz] N OUT
 
 Used to check that N lines in give N lines out, and that memory stays flat as N grows
-(README, "Translating a hard input").
+(docs/performance.md).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from nmt.config import register_configs, to_config  # noqa: E402
 from nmt.data.corpus import prepare_data  # noqa: E402
-from nmt.training.trainer import CONF_DIR, Trainer  # noqa: E402
+from nmt.training.trainer import Trainer  # noqa: E402
 
 
 def main() -> int:
@@ -37,7 +37,7 @@ def main() -> int:
     parser.add_argument("--data", default=os.environ.get("NMT_DATA", str(ROOT.parent / "shared/data/multi30k/hub")))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    from hydra import compose, initialize_config_dir
+    from hydra import compose, initialize_config_module
 
     register_configs()
     overrides = [
@@ -47,7 +47,7 @@ def main() -> int:
         f"train.batch_tokens={args.batch_tokens}",
         f"data.source={args.data}",
     ]
-    with initialize_config_dir(str(CONF_DIR), version_base=None):
+    with initialize_config_module("nmt.conf", version_base=None):
         config = to_config(compose("config", overrides=overrides))
     tokenizer, corpus = prepare_data(config.data, None, num_threads=torch.get_num_threads())
     with tempfile.TemporaryDirectory() as run_dir:
@@ -57,16 +57,13 @@ def main() -> int:
         for round_ in range(args.rounds):
             for workers in totals:
                 trainer.workers, trainer.threads_per_worker = workers, max(1, trainer.threads // workers)
-                trainer._start_helpers()
-                try:
+                with trainer.data_parallel():
                     for _ in range(2):
-                        trainer._train_step(next(batches))
+                        trainer.train_step(next(batches))
                     started, tokens = time.perf_counter(), 0
                     for _ in range(args.steps):
-                        tokens += trainer._train_step(next(batches))[1]
+                        tokens += trainer.train_step(next(batches))[1]
                     seconds = time.perf_counter() - started
-                finally:
-                    trainer._stop_helpers()
                 totals[workers][0] += seconds
                 totals[workers][1] += tokens
                 print(f"round {round_ + 1}, workers {workers}: {tokens / seconds:,.0f} target tokens/s", flush=True)

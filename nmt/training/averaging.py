@@ -4,7 +4,7 @@ Adam at a constant rate leaves the weights jittering around the path they follow
 path levels off, their average over recent updates is a steadier model than any single point of
 it. OpenNMT-py's `average_decay` and Marian's `exponential-smoothing` are the same idea. While
 the model still improves quickly the average trails it: in the 25-minute reference run it scored
-below the trained weights at every validation measured (README, "Training"), so it is off by
+below the trained weights at every validation measured (docs/experiments.md), so it is off by
 default.
 
 The average starts at the initial weights and follows

@@ -3,7 +3,7 @@
 A training step's matrix products are too small to keep two cores busy from one process, and its
 per-operation overhead (dispatch, small elementwise work) is not split between threads at all. On
 this project's 2-core machine two threads trained at 1.5x one thread's speed, while two one-thread
-training loops side by side, each on half-size batches, made 1.8x between them (README, "Speed").
+training loops side by side, each on half-size batches, made 1.8x between them (docs/performance.md).
 So `train.workers` processes, the trainer and forked helpers, each run forward and backward on
 their share of the batch. Every shard's loss is divided by the whole batch's target tokens, so the
 shards' gradients add up to the whole batch's gradient: the batch, its size and the update are

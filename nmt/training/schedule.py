@@ -5,7 +5,7 @@ constant at `lr` until `1 - anneal` of the budget is used, then linear down to `
 end (the "warmup-stable-decay" shape without warmup). Adam at a constant rate keeps jumping
 around a minimum it never settles into; the fall lets the last updates settle. It pays only
 once the constant rate has stopped improving the model: in the 25-minute reference run it cost
-1 BLEU (README, "Training").
+1 BLEU (docs/experiments.md).
 """
 
 from __future__ import annotations
