@@ -13,6 +13,7 @@ layers over this module.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 from collections.abc import Iterable, Iterator
@@ -29,7 +30,7 @@ from nmt.data.tokenizer import Tokenizer
 from nmt.model.device import autocast, resolve_device, resolve_precision
 from nmt.model.quantize import quantize_int8
 from nmt.model.seq2seq import Seq2Seq, build_model
-from nmt.search import Hypothesis, search
+from nmt.search import DecodingModel, Hypothesis, search
 from nmt.workers import can_fork, map_in_workers, resolve_workers
 
 log = logging.getLogger(__name__)
@@ -141,14 +142,18 @@ class Translator:
         was_training = self.model.training
         self.model.eval()
         try:
+            # The weights stay as they are for this call: search may use tables made from them.
+            # (bf16 autocast would cast them back at every step: it multiplies.)
+            searcher = self.model.for_search() if self.precision == "fp32" else self.model
+            search_batch = functools.partial(self._search_batch, searcher)
             if self.workers > 1 and len(batches) > 1:
                 # Longest sentences first (batches come shortest first): the workers finish together.
                 longest_first = batches[::-1]
                 tasks = [[src_ids[i] for i in batch] for batch in longest_first]
-                finished = map_in_workers(self._search_batch, tasks, self.workers)
+                finished = map_in_workers(search_batch, tasks, self.workers)
                 batch_results = ((longest_first[k], hypotheses) for k, hypotheses in finished)
             else:
-                batch_results = ((batch, self._search_batch([src_ids[i] for i in batch])) for batch in batches)
+                batch_results = ((batch, search_batch([src_ids[i] for i in batch])) for batch in batches)
             for batch, hypotheses_of_batch in batch_results:
                 for i, hypotheses in zip(batch, hypotheses_of_batch):
                     results[i] = hypotheses
@@ -156,10 +161,10 @@ class Translator:
             self.model.train(was_training)
         return results
 
-    def _search_batch(self, src_ids: list[list[int]]) -> list[list[Hypothesis]]:
+    def _search_batch(self, searcher: DecodingModel, src_ids: list[list[int]]) -> list[list[Hypothesis]]:
         with torch.inference_mode(), autocast(self.precision, self.device):
             src, src_lengths = collate_src(src_ids)
-            return search(self.model, src.to(self.device), src_lengths, self.options)
+            return search(searcher, src.to(self.device), src_lengths, self.options)
 
 
 def split_options(

@@ -223,20 +223,24 @@ def test_the_packed_decoder_drops_ended_sentences_and_changes_nothing(input_feed
         torch.testing.assert_close(packed_grads[name], padded_grads[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
-def test_search_steps_follow_weights_that_fused_adam_changed():
-    """torch's fused Adam changes weights without moving their version counters: a search that
-    cached anything keyed on those once searched with stale weights for the rest of a run. The
-    steps must give the teacher-forced log-probabilities after an update, too (teacher forcing
-    runs with autograd, so the steps' in-place no-autograd arithmetic is held to training's)."""
-    model = small_model()
+@pytest.mark.parametrize("input_feeding", [True, False])
+def test_search_steps_with_a_table_follow_weights_that_fused_adam_changed(input_feeding):
+    """`for_search()` looks the first layer's embedding half up in a table made from the weights
+    of that moment. Its steps must give the teacher-forced log-probabilities, and a new one must
+    follow weights that torch's fused Adam changed (fused Adam leaves the version counters alone:
+    a table cached on them once kept a run's first weights for all its validations). Teacher
+    forcing runs with autograd, so the steps' in-place arithmetic is held to training's too."""
+    model = small_model(input_feeding=input_feeding)
     src, lengths = random_batch([5, 3, 8])
     tgt_in = torch.tensor([[2, 7], [2, 5], [2, 9]])
 
     def stepped_and_forced():
+        searcher = model.for_search()
+        assert searcher is not model and searcher.table.embedded.shape == (VOCAB, 4 * 24)
         with torch.no_grad():
-            state = model.init_decoder(model.encode(src, lengths))
-            first, state = model.step(tgt_in[:, 0], state)
-            second, _ = model.step(tgt_in[:, 1], state)
+            state = searcher.init_decoder(searcher.encode(src, lengths))
+            first, state = searcher.step(tgt_in[:, 0], state)
+            second, _ = searcher.step(tgt_in[:, 1], state)
         forced = model(src, lengths, tgt_in).log_softmax(-1).detach()
         return torch.stack([first, second], dim=1), forced
 
@@ -248,3 +252,12 @@ def test_search_steps_follow_weights_that_fused_adam_changed():
     after, forced_after = stepped_and_forced()
     assert (after - before).abs().max() > 1e-3  # the change shows
     torch.testing.assert_close(after, forced_after, atol=1e-5, rtol=1e-5)
+
+
+def test_int8_and_large_vocabularies_search_without_a_table(trained_run, monkeypatch):
+    model, _, _ = load_model(trained_run, device="cpu")
+    monkeypatch.setattr("nmt.model.decoder.TABLE_MAX_FLOATS", 0)
+    assert model.for_search() is model
+    monkeypatch.undo()
+    assert model.for_search() is not model
+    assert quantize_int8(model).for_search() is model

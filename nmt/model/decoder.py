@@ -6,7 +6,8 @@ memory; the attentional vector `tanh(W [s_t; context_t])` goes to the output pro
 attention the final encoder state, through the bridge, is all the decoder knows of the source.
 
 One step (`_advance`) serves search (`step`), training's input-feeding loop (`forward`,
-`forward_packed`) and the gate inspector (`record_gates`). Without input feeding no step needs the
+`forward_packed`) and the gate inspector (`record_gates`); search may hand `step` a `StepTable`
+of the first layer's embedding half, made once for a call over fixed weights. Without input feeding no step needs the
 last one's output, so teacher forcing runs the whole target through the stack in one call.
 Search talks to the decoder through the decoding protocol of `nmt.search.protocol`: `step` and
 `DecoderState`'s row moves `reorder_beams` and `select_sentences`.
@@ -31,6 +32,8 @@ from nmt.model.rnn import RecurrentStack
 # stage's rows are still running. Not critical: 0.5 / 0.8 / 0.95 trained random batches at
 # 870 / 855 / 888 target tokens/s (alternated in one process).
 SHRINK_BELOW = 0.8
+# The largest StepTable (floats): 64 MB; beyond it a search step multiplies the embeddings.
+TABLE_MAX_FLOATS = 1 << 24
 
 
 @dataclass
@@ -190,13 +193,20 @@ class Decoder(nn.Module):
         return torch.stack(outputs, dim=1)  # (batch, tgt_len, attentional_size)
 
     # --- one step ------------------------------------------------------------------------------
-    def step(self, prev_tokens: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
-        """One decoding step for search: prev_tokens (rows,) -> log_probs (rows, vocab), state."""
-        rnn_input = self.dropout(self.embed(prev_tokens))  # (rows, embed_dim)
-        if self.input_feeding:
-            rnn_input = torch.cat([rnn_input, state.attentional.to(rnn_input.dtype)], dim=-1)
+    def step(
+        self, prev_tokens: torch.Tensor, state: DecoderState, table: StepTable | None = None
+    ) -> tuple[torch.Tensor, DecoderState]:
+        """One decoding step for search: prev_tokens (rows,) -> log_probs (rows, vocab), state.
+        With a `table` (made from these weights) the embedding half of the first layer's input is
+        looked up instead of multiplied."""
+        if table is not None:
+            projected = table.first_input(prev_tokens, state.attentional)
+        else:
+            rnn_input = self.dropout(self.embed(prev_tokens))  # (rows, embed_dim)
+            if self.input_feeding:
+                rnn_input = torch.cat([rnn_input, state.attentional.to(rnn_input.dtype)], dim=-1)
+            projected = self.rnn.cells[0].input_proj(rnn_input)  # (rows, blocks * hidden)
         h, c = state.hidden.h.unbind(0), None if state.hidden.c is None else state.hidden.c.unbind(0)
-        projected = self.rnn.cells[0].input_proj(rnn_input)  # (rows, blocks * hidden)
         attentional, h, c, weights, _ = self._advance(projected, h, c, state)
         hidden = RecurrentState(torch.stack(h), None if c is None else torch.stack(c))
         feed = attentional if self.input_feeding else None
@@ -264,6 +274,39 @@ class Decoder(nn.Module):
         query = rnn_output.reshape(rows // state.beams, state.beams * steps, -1)
         context, weights = self.attention(query, state.keys, state.memory, state.src_mask)
         return context.reshape(rows, steps, -1), weights.reshape(rows, steps, -1)
+
+
+@dataclass(frozen=True)
+class StepTable:
+    """Search's shortcut for the first layer's input projection, W_x [embed(y); attentional] + b:
+    the embedding half of every target piece, projected once, so a step multiplies only the
+    attentional half (a seventh of a beam step's products for the reference model). Made from the
+    weights as they are (`of`), for searches over weights that do not change meanwhile: a
+    Translator makes one per call."""
+
+    embedded: torch.Tensor  # (vocab, blocks * hidden): W_e embed(y) + b for every piece y
+    feed_weight: torch.Tensor | None  # (blocks * hidden, attentional_size); None without input feeding
+
+    @classmethod
+    @torch.no_grad()
+    def of(cls, decoder: Decoder) -> StepTable | None:
+        """The decoder's table, or None where it would not pay: int8 products (no float weight to
+        split), or a table over TABLE_MAX_FLOATS (a large vocabulary costs more than it saves)."""
+        first = decoder.rnn.cells[0].input_proj
+        if type(first) is not nn.Linear or decoder.embed.num_embeddings * first.out_features > TABLE_MAX_FLOATS:
+            return None
+        embed_weight, feed_weight = first.weight.split(
+            [decoder.embed.embedding_dim, first.in_features - decoder.embed.embedding_dim], dim=1
+        )
+        embedded = nn.functional.linear(decoder.embed.weight, embed_weight, first.bias)
+        return cls(embedded, feed_weight.contiguous() if decoder.input_feeding else None)
+
+    def first_input(self, prev_tokens: torch.Tensor, attentional: torch.Tensor | None) -> torch.Tensor:
+        """prev_tokens (rows,), attentional (rows, attentional_size) -> (rows, blocks * hidden)."""
+        projected = self.embedded.index_select(0, prev_tokens)
+        if self.feed_weight is None:
+            return projected
+        return projected + nn.functional.linear(attentional, self.feed_weight)
 
 
 def rows_running(lengths: list[int]) -> list[int]:

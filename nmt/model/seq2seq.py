@@ -13,7 +13,7 @@ from nmt.config import ModelConfig
 from nmt.data.tokenizer import PAD_ID
 from nmt.model.bridge import Bridge
 from nmt.model.cells import CELLS, set_forget_bias
-from nmt.model.decoder import Decoder, DecoderState
+from nmt.model.decoder import Decoder, DecoderState, StepTable
 from nmt.model.encoder import Encoder, EncoderOutput
 
 
@@ -34,6 +34,13 @@ class Seq2Seq(nn.Module):
         """One decoding step: prev_tokens (rows,) -> log_probs (rows, tgt_vocab), the next state."""
         return self.decoder.step(prev_tokens, state)
 
+    def for_search(self) -> Seq2Seq | TableSearch:
+        """This model for searches over weights that stay as they are meanwhile (a Translator
+        call): its steps look the first layer's embedding half up in a StepTable made now, where
+        one pays. Make a new one after the weights change."""
+        table = StepTable.of(self.decoder)
+        return self if table is None else TableSearch(self, table)
+
     def forward(self, src: torch.Tensor, src_lengths: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: -> logits (batch, tgt_len, tgt_vocab)."""
         state = self.init_decoder(self.encode(src, src_lengths))
@@ -46,6 +53,22 @@ class Seq2Seq(nn.Module):
         `collate` orders them): -> logits (tokens, tgt_vocab), in `pack_targets`' order."""
         state = self.init_decoder(self.encode(src, src_lengths))
         return self.decoder.forward_packed(tgt_in, tgt_lengths.tolist(), state)
+
+
+class TableSearch:
+    """A Seq2Seq and the StepTable of its weights: the decoding protocol, for one block of searches."""
+
+    def __init__(self, model: Seq2Seq, table: StepTable) -> None:
+        self.model, self.table = model, table
+
+    def encode(self, src: torch.Tensor, src_lengths: torch.Tensor) -> EncoderOutput:
+        return self.model.encode(src, src_lengths)
+
+    def init_decoder(self, encoder_output: EncoderOutput) -> DecoderState:
+        return self.model.init_decoder(encoder_output)
+
+    def step(self, prev_tokens: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
+        return self.model.decoder.step(prev_tokens, state, self.table)
 
 
 def build_model(config: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, init_weights: bool = True) -> Seq2Seq:
