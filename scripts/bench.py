@@ -190,8 +190,7 @@ def run_training(
         command = [
             python,
             "-c",
-            "-m",
-            entry_module(tree, "train"),
+            f"from {entry_module(tree, 'train')} import main; main()",
             *config_path(tree),
             *REFERENCE,
             *overrides,

@@ -250,8 +250,9 @@ class Decoder(nn.Module):
             if record:  # the states too: a cell without gates (rnn) still shows what it carries
                 gates.append({**cell_gates, "hidden": h_t} | ({"cell": c_t} if c_t is not None else {}))
         attentional, weights = self._attend_and_combine(new_h[-1].unsqueeze(1), state)
-        weights = None if weights is None else weights[:, 0]
-        return attentional[:, 0], new_h, None if c is None else new_c, weights, gates
+        # squeeze, not [:, 0]: the backward of an index fills a zero tensor at every step.
+        weights = None if weights is None else weights.squeeze(1)
+        return attentional.squeeze(1), new_h, None if c is None else new_c, weights, gates
 
     def _attend_and_combine(self, rnn_output: torch.Tensor, state: DecoderState):
         """rnn_output (rows, steps, hidden) -> attentional vectors (rows, steps, attentional_size)
