@@ -87,13 +87,13 @@ class _Step(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, anchor: torch.Tensor, linear: DeferredLinear) -> torch.Tensor:
         ctx.linear, ctx.step = linear, len(linear.inputs)
-        linear.inputs.append(x)
+        linear.inputs.append(x.reshape(-1, x.size(-1)))  # (rows, in), whatever x's leading shape
         bias = None if linear.bias is None else linear.bias.detach()
         return F.linear(x, linear.weight.detach(), bias)
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         linear: DeferredLinear = ctx.linear
-        linear.output_grads[ctx.step] = grad_output
-        grad_x = grad_output.mm(linear.weight.detach().to(grad_output.dtype)) if ctx.needs_input_grad[0] else None
+        linear.output_grads[ctx.step] = grad_output.reshape(-1, grad_output.size(-1))
+        grad_x = grad_output.matmul(linear.weight.detach().to(grad_output.dtype)) if ctx.needs_input_grad[0] else None
         return grad_x, grad_output.new_zeros(()), None
