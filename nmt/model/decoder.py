@@ -25,7 +25,6 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from nmt.data.tokenizer import PAD_ID
 from nmt.model.attention import make_attention
 from nmt.model.cells import Gates, no_grad_float32, tanh_
-from nmt.model.deferred import DeferredLinear, deferred_weight_gradients
 from nmt.model.encoder import EncoderOutput, RecurrentState
 from nmt.model.rnn import RecurrentStack
 
@@ -173,25 +172,8 @@ class Decoder(nn.Module):
         assert attentional is not None  # input feeding starts from zeros (init_state)
         batch_size, tgt_len = embedded.shape[:2]
         running = None if lengths is None else rows_running(lengths)
-        stages = [(0, tgt_len, batch_size)] if running is None else shrink_stages(running)
-        # Each per-step product's weight gradient is made once, over all steps (nmt/model/deferred.py).
-        feed = DeferredLinear(feed_weight)
-        with deferred_weight_gradients(self._per_step_linears()):
-            outputs = self._feed_stages(embedded, state, stages, running, h, c, attentional, embed_weight, feed)
-        if running is not None:
-            return torch.cat(outputs)  # (tokens, attentional_size)
-        return torch.stack(outputs, dim=1)  # (batch, tgt_len, attentional_size)
-
-    def _per_step_linears(self) -> list[nn.Linear]:
-        """The products every input-feeding step makes, but the first layer's input projection."""
-        cells = self.rnn.cells
-        linears = [cell.hidden_proj for cell in cells] + [cell.input_proj for cell in cells[1:]]
-        return linears + ([self.combine] if self.combine is not None else [])
-
-    def _feed_stages(self, embedded, state, stages, running, h, c, attentional, embed_weight, feed) -> list[torch.Tensor]:
-        first = self.rnn.cells[0].input_proj
         outputs = []
-        for start, end, rows in stages:
+        for start, end, rows in [(0, tgt_len, batch_size)] if running is None else shrink_stages(running):
             if rows < attentional.size(0):
                 h, attentional = [layer_h[:rows] for layer_h in h], attentional[:rows]
                 c = None if c is None else [layer_c[:rows] for layer_c in c]
@@ -201,12 +183,14 @@ class Decoder(nn.Module):
             # backward of a slice fills a zero tensor of the whole stage per step.
             stage = nn.functional.linear(embedded[:rows, start:end], embed_weight, first.bias).unbind(1)
             for t, projected in enumerate(stage, start):
-                projected = projected + feed(attentional)
+                projected = projected + nn.functional.linear(attentional, feed_weight)
                 attentional, h, c, _, _ = self._advance(projected, h, c, state)
                 # Sliced only where rows ended: the backward of a slice fills a zero tensor.
                 ended = running is not None and running[t] < rows
                 outputs.append(attentional[: running[t]] if ended else attentional)
-        return outputs
+        if running is not None:
+            return torch.cat(outputs)  # (tokens, attentional_size)
+        return torch.stack(outputs, dim=1)  # (batch, tgt_len, attentional_size)
 
     # --- one step ------------------------------------------------------------------------------
     def step(
