@@ -5,6 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 ARGS   ?=
+NPROC  ?=
 
 .PHONY: install train translate eval inspect test test-all lint format wheel bench scaling tensorboard long-range clean
 
@@ -18,8 +19,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# NPROC=N: N training processes (torch.distributed); default: train.processes (one per core).
 train: $(STAMP)
-	$(BIN)/nmt-train $(ARGS)
+	$(BIN)/nmt-train $(if $(NPROC),train.processes=$(NPROC)) $(ARGS)
 
 translate: $(STAMP)
 	$(BIN)/nmt-translate $(ARGS)

@@ -243,10 +243,16 @@ class TrainConfig:
     seed: int = 1234
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda
     num_threads: int = 0  # CPU threads for torch; 0 leaves torch's default (every core)
-    # Processes that train data-parallel on the CPU, each on a share of every batch with an equal
-    # share of the threads (nmt/training/data_parallel.py); 0: one per thread on Linux while each
-    # keeps ~1,000 batch tokens, else 1.
-    workers: int = 0
+    # Training processes on this machine, each on a share of every batch (torch.distributed with
+    # DDP; nmt-train starts them through torch's launcher, as torchrun --standalone). 0: one per
+    # core on a Linux CPU while each share keeps ~1,000 batch tokens, one per GPU on CUDA, else 1.
+    # Under torchrun, torchrun's --nproc-per-node decides instead.
+    processes: int = 0
+    # A training process that waits this long for the others (a hung or lost rank) ends the job.
+    process_timeout_s: float = 600.0
+    # train.processes > 1: restart the processes this many times after a failure, each time
+    # resuming from the run's last.pt (torchrun's --max-restarts).
+    max_restarts: int = 0
     # fp32; bf16: matrix products in bfloat16 under autocast, weights and loss in fp32; auto: bf16
     # where the hardware has native bf16 products, else fp32 (nmt/model/device.py). Validation
     # translates in the same precision.
@@ -292,7 +298,9 @@ class TrainConfig:
         _check_choice("train.device", self.device, DEVICES)
         _check_choice("train.precision", self.precision, PRECISIONS)
         _check_positive("train.num_threads", self.num_threads, allow_zero=True)
-        _check_positive("train.workers", self.workers, allow_zero=True)
+        _check_positive("train.processes", self.processes, allow_zero=True)
+        _check_positive("train.process_timeout_s", self.process_timeout_s)
+        _check_positive("train.max_restarts", self.max_restarts, allow_zero=True)
         _check_positive("train.batch_tokens", self.batch_tokens)
         _check_choice("train.batching", self.batching, BATCHINGS)
         _check_positive("train.lr", self.lr)
@@ -339,13 +347,16 @@ class Config:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Config:
         """The inverse of `to_dict`; also reads the dicts of older checkpoints, whose train section
-        held the validation search as `valid_beam`, `max_len_a` and `max_len_b`."""
+        held the validation search as `valid_beam`, `max_len_a` and `max_len_b`, and the process
+        count as `workers`."""
         data = dict(values["data"])
         data["tokenizer"] = TokenizerConfig(**data["tokenizer"])
         model = dict(values["model"])
         model["encoder"] = EncoderConfig(**model["encoder"])
         model["decoder"] = DecoderConfig(**model["decoder"])
         train = dict(values["train"])
+        if "workers" in train:  # the hand-written data-parallel training's name for processes
+            train["processes"] = train.pop("workers")
         search = dict(train.pop("valid_search", None) or {})
         legacy = {"valid_beam": "beam_size", "max_len_a": "max_len_a", "max_len_b": "max_len_b"}
         for old, new in legacy.items():

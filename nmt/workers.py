@@ -3,28 +3,28 @@
 Beam search on a CPU spends about half its time outside the matrix products: torch's dispatch of
 ~250 small operations per step and operations too small to split between cores. One process with
 two threads speeds the products up but not that overhead, so two processes with one thread each,
-each searching its own batches, translate faster (docs/performance.md has the figures). The workers are
-forked: they share the parent's model pages without pickling it, and only task numbers and
-results travel between the processes. Fork needs a POSIX system (not Windows, and not after CUDA
-has started, so the callers use workers on the CPU only).
+each searching its own batches, translate faster (docs/performance.md has the figures). The pool
+is the standard library's `ProcessPoolExecutor` with the fork start method: the workers share the
+parent's model pages without pickling it, and only task numbers and results travel between the
+processes. Fork needs a POSIX system (not Windows, and not after CUDA has started, so the callers
+use workers on the CPU only).
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import pickle
-import queue
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from typing import TypeVar
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, TypeVar
 
 import torch
 
 Task = TypeVar("Task")
 Result = TypeVar("Result")
-
-POLL_SECONDS = 1.0  # how often a parent checks that none of its forked processes has died
 
 
 def can_fork() -> bool:
@@ -58,54 +58,52 @@ def map_in_workers(
     if not tasks:
         return
     workers = max(1, min(workers, len(tasks)))
-    context = multiprocessing.get_context("fork")
-    next_task = context.Value("q", 0)  # shared: the index of the next task to take
-    done = context.Queue()
-    threads_per_worker = max(1, torch.get_num_threads() // workers)
-
-    def take() -> int:
-        with next_task.get_lock():
-            index = next_task.value
-            next_task.value += 1
-        return index
-
-    def work() -> None:
-        torch.set_num_threads(threads_per_worker)
-        while (index := take()) < len(tasks):
-            try:
-                # Plain pickle: the queue's own pickler would move every tensor into shared
-                # memory, one file descriptor each.
-                done.put((index, pickle.dumps(function(tasks[index])), None))
-            except BaseException:
-                done.put((index, None, traceback.format_exc()))
-                return
-
-    processes = [context.Process(target=work, daemon=True) for _ in range(workers)]
-    for process in processes:
-        process.start()
+    threads = max(1, torch.get_num_threads() // workers)
+    # Under fork, an initializer's arguments are inherited, not pickled.
+    pool = ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("fork"),
+        initializer=_start_worker,
+        initargs=(function, tasks, threads),
+    )
     try:
-        for _ in range(len(tasks)):
-            index, result, error = _next_result(done, processes)
+        futures = {pool.submit(_run_task, index): index for index in range(len(tasks))}
+        for future in as_completed(futures):
+            result, error = _outcome(future)
             if error is not None:
-                raise WorkerError(f"a worker failed on task {index}:\n{error}")
-            yield index, pickle.loads(result)
+                raise WorkerError(f"a worker failed on task {futures[future]}:\n{error}")
+            yield futures[future], pickle.loads(result)
     finally:
-        for process in processes:
-            if process.is_alive():
-                process.terminate()
-            process.join()
-        done.close()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _next_result(done, processes) -> tuple:
-    while True:
-        try:
-            return done.get(timeout=POLL_SECONDS)
-        except queue.Empty:
-            dead = [process.exitcode for process in processes if process.exitcode not in (None, 0)]
-            if dead:
-                # Killed from outside (out of memory, a signal): its task will never report.
-                raise WorkerError(
-                    f"a worker died with exit code {dead[0]} before finishing its tasks (killed for memory? "
-                    "fewer --workers or a smaller --batch-tokens need less)"
-                ) from None
+def _outcome(future) -> tuple[bytes | None, str | None]:
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        # Killed from outside (out of memory, a signal): its task will never report.
+        raise WorkerError(
+            "a worker died before finishing its tasks (killed by a signal, or for memory? fewer "
+            "--workers or a smaller --batch-tokens need less)"
+        ) from None
+
+
+# The forked worker's function and tasks: set once in each worker process by `_start_worker`.
+_worker_job: tuple[Callable[[Any], Any], Sequence[Any]] | None = None
+
+
+def _start_worker(function: Callable[[Any], Any], tasks: Sequence[Any], threads: int) -> None:
+    global _worker_job
+    _worker_job = (function, tasks)
+    torch.set_num_threads(threads)
+
+
+def _run_task(index: int) -> tuple[bytes | None, str | None]:
+    """(pickled result, None) or (None, the traceback). Plain pickle: the pool's own pickler would
+    move every tensor of a result into shared memory, one file descriptor each."""
+    assert _worker_job is not None, "_start_worker runs first in every worker"
+    function, tasks = _worker_job
+    try:
+        return pickle.dumps(function(tasks[index])), None
+    except Exception:
+        return None, traceback.format_exc()

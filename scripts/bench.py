@@ -11,6 +11,8 @@ Rows (each measured in this run, never copied from an earlier one):
   the 1,000 test2016 sentences, greedy and beam 5, fp32 / bf16 / int8, sentences/s and BLEU;
 - `--baseline REV`: the same training and translation rows for a git revision (its own worktree), run alternately
   with ours, so a change's speed-up is a ratio from one run;
+- `--also 'OVERRIDES'`: the working tree once more with these training overrides (e.g.
+  `train.processes=1`), as one more alternated arm;
 - `--peers`: ../shared/peers' JoeyNMT and OpenNMT-py throughput checks, in the same run.
 
 Writes BENCH_DIR/bench.md and bench.json (default runs/bench/<time>/). Run nothing else heavy
@@ -26,6 +28,7 @@ import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -203,8 +206,15 @@ def run_training(
             f"hydra.run.dir={run_dir}",
         ]
         env = {**os.environ, "PYTHONPATH": str(tree), "TQDM_DISABLE": "1"}
+        # Its own session: the kill below must reach every training process it starts.
         process = subprocess.Popen(
-            command, cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            command,
+            cwd=tree,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
         )
         stamps: list[tuple[int, float, float]] = []
         memory = PeakSampler(process.pid)  # the trainer and any helpers it forks
@@ -220,7 +230,7 @@ def run_training(
             if int(match["step"]) >= last:
                 break
         peak_kib = memory.stop()
-        process.kill()
+        os.killpg(process.pid, signal.SIGKILL)
         process.wait()
     inside = [(b, tb, rate) for (a, ta, _), (b, tb, rate) in itertools.pairwise(stamps) if a >= first and b <= last]
     if not inside:
@@ -379,6 +389,13 @@ def main() -> int:
     parser.add_argument("--translate", nargs="+", help="default: greedy, beam5, their int8 and (where native) bf16")
     parser.add_argument("--peers", action="store_true", help="run ../shared/peers' throughput checks too")
     parser.add_argument("--no-train", action="store_true", help="translation rows only")
+    parser.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="OVERRIDES",
+        help="also train the working tree with these space-separated overrides, e.g. 'train.processes=1'",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / time.strftime("%Y-%m-%d_%H-%M-%S"))
     args = parser.parse_args()
 
@@ -409,13 +426,17 @@ def main() -> int:
     trees = [("ours", ROOT)]
     if args.baseline:
         trees.append((f"baseline {args.baseline}", worktree(args.baseline)))
+    # (label, tree, overrides of that arm)
+    arms = [(name, tree, []) for name, tree in trees]
+    arms[1:1] = [(f"ours, {also}", ROOT, also.split()) for also in args.also]
     if not args.no_train:
         for _ in range(args.rounds):
-            for name, tree in trees:
+            for name, tree, arm_overrides in arms:
                 for precision in args.precisions:
                     if precision != "fp32" and not supports_precision(tree):
                         continue
-                    overrides = extra + ([f"train.precision={precision}"] if supports_precision(tree) else [])
+                    overrides = extra + arm_overrides
+                    overrides += [f"train.precision={precision}"] if supports_precision(tree) else []
                     if args.batching != "length" and supports_batching(tree):
                         overrides.append(f"train.batching={args.batching}")
                     result = run_training(

@@ -49,7 +49,7 @@ def test_a_killed_worker_is_reported_instead_of_waited_for():
             os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's out-of-memory killer would
         return k
 
-    with pytest.raises(WorkerError, match=f"exit code -{int(signal.SIGKILL)}"):
+    with pytest.raises(WorkerError, match="a worker died before finishing its tasks"):
         list(map_in_workers(killed_on_two, list(range(4)), workers=2))
 
 
@@ -105,5 +105,5 @@ def test_a_worker_killed_mid_file_ends_the_command_with_one_line_and_keeps_the_o
     ]
     assert nmt.cli.translate.main(argv) == 1
     error = capsys.readouterr().err
-    assert f"nmt-translate: a worker died with exit code -{int(signal.SIGKILL)}" in error and "Traceback" not in error
+    assert "nmt-translate: a worker died before finishing its tasks" in error and "Traceback" not in error
     assert old.read_text() == "precious\n" and not list(tmp_path.glob(".out.en.partial"))

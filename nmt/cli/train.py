@@ -2,13 +2,18 @@
 
 Hydra composes the package's configs (`conf/`, shipped inside the package as `nmt.conf`) on top
 of the typed schema of `nmt.config`, with the command line's overrides; `run_training` does the
-rest. A user error (a bad value, a missing corpus, a broken checkpoint) ends in one line.
+rest. With `train.processes` > 1 this command starts itself once per process through torch's
+launcher and waits for them. Under torchrun every rank runs this command; ranks other than 0
+write nothing into the run directory and log only warnings. A user error (a bad value, a missing
+corpus, a broken checkpoint) ends in one line.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import datasets
@@ -17,15 +22,28 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from nmt.checkpoint import CheckpointError
-from nmt.config import ConfigError, register_configs, to_config
+from nmt.config import Config, ConfigError, register_configs, to_config
 from nmt.data.corpus import DataError
 from nmt.data.tokenizer import TokenizerError
-from nmt.training.trainer import run_training
-from nmt.workers import WorkerError
+from nmt.model.device import resolve_device
+from nmt.training.distributed import (
+    LOST_PEER_EXIT,
+    LaunchError,
+    Ranks,
+    die_with_launcher,
+    launch,
+    launched_by_nmt,
+    lost_contact,
+    resolve_processes,
+    under_launcher,
+)
+from nmt.training.trainer import PeerError, run_training
 
 log = logging.getLogger(__name__)
 
 CONFIG_PACKAGE = "pkg://nmt.conf"
+# Hydra's options that choose the config itself: the processes must compose the same one.
+CONFIG_FLAGS = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")
 
 
 def _run_dir_resolver(resume: str | None, fresh: str) -> str:
@@ -37,15 +55,64 @@ def _hydra_subdir_resolver(resume: str | None, now: str) -> str:
 
 
 def _train(cfg: DictConfig) -> None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    ranks = Ranks.from_environment()
+    if not ranks.is_main:
+        logging.getLogger().setLevel(logging.WARNING)  # rank 0 speaks for the job
     try:
         config = to_config(cfg)
-        run_training(config, Path(HydraConfig.get().runtime.output_dir))
+        if not under_launcher() and _processes(config) > 1:
+            _launch(config, run_dir)
+        else:
+            run_training(config, run_dir)
     except (ConfigError, DataError, TokenizerError, CheckpointError) as error:
         log.error("%s", error)
         sys.exit(2)
-    except WorkerError as error:
-        log.error("%s; the run's last checkpoint is kept (resume with train.resume=<run dir>)", error)
-        sys.exit(1)
+    except PeerError:
+        sys.exit(2)  # rank 0 has said why
+    except LaunchError as error:
+        if error.exit_code == 1:
+            log.error("%s; the run's last checkpoint is kept (resume with train.resume=%s)", error, run_dir)
+        sys.exit(error.exit_code)
+    except Exception as error:
+        if not ranks.distributed:
+            raise
+        sys.exit(_rank_failed(ranks, error))
+
+
+def _rank_failed(ranks: Ranks, error: Exception) -> int:
+    """One line for a rank that stopped on an error -> its exit status. A rank that lost contact
+    with another one is not the cause: under train.processes the launcher names the rank that
+    failed first, and this rank stays quiet."""
+    log.debug("rank %d failed", ranks.rank, exc_info=error)
+    lost_peer = lost_contact(error)
+    if not (lost_peer and launched_by_nmt()):
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        log.error("rank %d stopped: %s: %s", ranks.rank, type(error).__name__, first_line)
+    return LOST_PEER_EXIT if lost_peer else 1
+
+
+def _processes(config: Config) -> int:
+    return resolve_processes(config.train.processes, resolve_device(config.train.device), config.train.batch_tokens)
+
+
+def _launch(config: Config, run_dir: Path) -> None:
+    """This command once per process, in this run directory (which Hydra has made, with the
+    config it composed)."""
+    processes = _processes(config)
+    log.info("training in %d processes (torch.distributed)", processes)
+    overrides = list(HydraConfig.get().overrides.task)
+    argv = [*_config_flags(sys.argv[1:]), *overrides, f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
+    launch(processes, argv, config.train.max_restarts)
+
+
+def _config_flags(argv: list[str]) -> list[str]:
+    flags = []
+    for position, arg in enumerate(argv):
+        name = arg.split("=", 1)[0]
+        if name in CONFIG_FLAGS:
+            flags += [arg] if "=" in arg else argv[position : position + 2]
+    return flags
 
 
 def main() -> None:
@@ -53,7 +120,18 @@ def main() -> None:
     datasets.disable_progress_bars()  # per-split map bars drown the log; tqdm shows training
     OmegaConf.register_new_resolver("nmt_run_dir", _run_dir_resolver, replace=True)
     OmegaConf.register_new_resolver("nmt_hydra_subdir", _hydra_subdir_resolver, replace=True)
-    hydra.main(version_base=None, config_path=CONFIG_PACKAGE, config_name="config")(_train)()
+    if under_launcher():
+        die_with_launcher()
+    scratch = None
+    if not Ranks.from_environment().is_main:
+        # Only rank 0 writes the run directory: the others' Hydra output goes to a scratch one.
+        scratch = tempfile.mkdtemp(prefix="nmt-rank-")
+        sys.argv += [f"hydra.run.dir={scratch}", "hydra.output_subdir=null"]
+    try:
+        hydra.main(version_base=None, config_path=CONFIG_PACKAGE, config_name="config")(_train)()
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -2,17 +2,17 @@
 
 The Trainer takes a validated `Config` (the Hydra edge is `nmt.cli.train`) and writes one run
 directory per run: `tokenizer/`, `checkpoints/{last,best}.pt`, `tensorboard/` (and, from the
-command line, `.hydra/` and `train.log`).
+command line, `.hydra/` and `train.log`). Under torchrun (or `train.processes`) every rank runs
+a Trainer on its share of every batch (nmt/training/distributed.py); rank 0 writes the run
+directory, and validation is shared between the ranks.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import multiprocessing
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -30,11 +30,20 @@ from nmt.model.device import autocast, resolve_device, resolve_precision
 from nmt.model.seq2seq import Seq2Seq, build_model, count_parameters
 from nmt.scoring import bleu
 from nmt.training.averaging import WeightAverage
-from nmt.training.data_parallel import GradientExchange, Helpers, Work, split_batch
+from nmt.training.distributed import (
+    Ranks,
+    all_sum,
+    available_cores,
+    broadcast_object,
+    gather_objects,
+    process_group,
+    rank_device,
+    restart_count,
+    split_batch,
+)
 from nmt.training.loss import sequence_loss
 from nmt.training.schedule import annealed_lr, budget_used
 from nmt.translation import Translator
-from nmt.workers import can_fork, default_workers
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +79,28 @@ class ThroughputMeter:
         return self.loss / max(self.tokens, 1), self.tokens / seconds
 
 
+class TeacherForcedLoss(torch.nn.Module):
+    """The training objective as one module, so that DistributedDataParallel can wrap it: its
+    forward is what every rank runs on its share of a batch."""
+
+    def __init__(self, model: Seq2Seq, precision: str, device: torch.device) -> None:
+        super().__init__()
+        self.model = model
+        self.precision = precision
+        self.device = device
+
+    def forward(self, batch: Batch | None, label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss sum, nll sum) over the batch's real target tokens, in fp32 whatever the precision
+        (sequence_loss upcasts the logits). No batch (a rank's empty share of a batch with fewer
+        pairs than ranks): a zero that reaches every weight, as DDP's gradient sum expects."""
+        if batch is None:
+            zero = sum(parameter.sum() for parameter in self.model.parameters()) * 0.0
+            return zero, zero.detach()
+        with autocast(self.precision, self.device):
+            logits = self.model.forward_packed(batch.src, batch.src_lengths, batch.tgt_in, batch.tgt_lengths)
+        return sequence_loss(logits, pack_targets(batch.tgt_out, batch.tgt_lengths), label_smoothing)
+
+
 class Trainer:
     def __init__(
         self,
@@ -78,6 +109,7 @@ class Trainer:
         tokenizer: Tokenizer,
         corpus: datasets.DatasetDict,
         device: torch.device,
+        ranks: Ranks | None = None,
     ) -> None:
         self.config = config
         self.train_config: TrainConfig = config.train
@@ -86,9 +118,21 @@ class Trainer:
         self.checkpoint_dir = run_dir / "checkpoints"
         self.tokenizer = tokenizer
         self.device = device
+        self.ranks = ranks = ranks or Ranks()
         torch.manual_seed(self.train_config.seed)
         self.model: Seq2Seq = build_model(config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
         self.model.to(device)
+        self.loss = TeacherForcedLoss(self.model, self.precision, device)
+        # The module a training step runs: with several ranks, DDP sums the shares' gradients
+        # bucket by bucket while the backward pass goes on (and starts every rank from rank 0's
+        # weights).
+        self.objective: torch.nn.Module = self.loss
+        if ranks.distributed:
+            self.objective = torch.nn.parallel.DistributedDataParallel(
+                self.loss,
+                device_ids=[device.index] if device.type == "cuda" else None,
+                gradient_as_bucket_view=True,
+            )
         # torch's fused Adam makes one pass over each weight where the default makes a dozen
         # elementwise ones: 57 -> 17 ms per update of the reference model on one thread.
         fused = device.type in ("cpu", "cuda")
@@ -119,7 +163,7 @@ class Trainer:
         self.valid_refs = list(valid["tgt"])
         self.gate_sentence = next((text for text in valid["src"] if text.strip()), None)
         self.validated_step = -1
-        # One process: the data-parallel helpers, when there are any, wait during validation.
+        # Validation is shared: each rank translates its share of the sentences in one process.
         self.translator = Translator(
             self.model,
             tokenizer,
@@ -131,30 +175,21 @@ class Trainer:
         )
         self.progress = Progress()
         self.meter = ThroughputMeter()
-        self.threads = torch.get_num_threads()
-        self.workers = self._resolve_workers(self.train_config, device)
-        self.threads_per_worker = max(1, self.threads // self.workers)
         self.pair_costs = [len(s) + len(t) for s, t in zip(self.train_src, self.train_tgt)]
-        self.helpers: Helpers | None = None
-        self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+        self.writer = SummaryWriter(str(run_dir / "tensorboard")) if ranks.is_main else None
         log.info(
-            "model: %s parameters; precision %s; %d training process%s",
+            "model: %s parameters; precision %s; %d training process%s of %d thread%s",
             f"{count_parameters(self.model):,}",
             self.precision,
-            self.workers,
-            "es" if self.workers > 1 else "",
+            ranks.world_size,
+            "es" if ranks.distributed else "",
+            torch.get_num_threads(),
+            "s" if torch.get_num_threads() > 1 else "",
         )
 
-    @staticmethod
-    def _resolve_workers(config: TrainConfig, device: torch.device) -> int:
-        """train.workers; 0: one per thread on a Linux CPU (nmt/workers.py), as long as each
-        shard keeps ~1,000 batch tokens (smaller shards' products lose what a process gains).
-        CUDA and systems without fork train in one process."""
-        if device.type != "cpu" or not can_fork():
-            if config.workers > 1:
-                log.warning("train.workers=%d needs a CPU and fork; training in one process", config.workers)
-            return 1
-        return config.workers or max(1, min(default_workers(), config.batch_tokens // 1000))
+    def _record(self, tag: str, value: float, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar(tag, value, step)
 
     # --- checkpoints -------------------------------------------------------------------------
     def _payload(self, full: bool) -> dict:
@@ -176,6 +211,9 @@ class Trainer:
         return payload
 
     def save(self, best: bool = False) -> None:
+        """Rank 0 writes; the other ranks hold the same weights and state."""
+        if not self.ranks.is_main:
+            return
         save_checkpoint(self._payload(full=True), self.checkpoint_dir / LAST)
         if best:
             save_checkpoint(self._payload(full=False), self.checkpoint_dir / BEST)
@@ -220,16 +258,15 @@ class Trainer:
         """Train until a limit is reached; the final weights are validated and saved."""
         progress = self.progress
         self._started, self._seconds_before = time.monotonic(), progress.train_seconds
-        with self.data_parallel():
-            while not self.limit_reached():
-                batches = self.batcher.epoch_batches(progress.epoch)
-                self._run_epoch(batches)
-                if progress.batch_in_epoch < len(batches):
-                    break  # a limit was reached inside the epoch
-                progress.epoch += 1
-                progress.batch_in_epoch = 0
-                if not self.train_config.validate_every:
-                    self._validate_and_save()
+        while not self.limit_reached():
+            batches = self.batcher.epoch_batches(progress.epoch)
+            self._run_epoch(batches)
+            if progress.batch_in_epoch < len(batches):
+                break  # a limit was reached inside the epoch
+            progress.epoch += 1
+            progress.batch_in_epoch = 0
+            if not self.train_config.validate_every:
+                self._validate_and_save()
         if self.validated_step != progress.step:
             self._validate_and_save()
         log.info(
@@ -239,7 +276,8 @@ class Trainer:
             progress.train_seconds / 60,
             progress.best_bleu,
         )
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
         return progress
 
     def _run_epoch(self, batches: list[list[int]]) -> None:
@@ -249,7 +287,7 @@ class Trainer:
             total=len(batches),
             initial=progress.batch_in_epoch,
             desc=f"epoch {progress.epoch + 1}",
-            disable=None,
+            disable=None if self.ranks.is_main else True,
             dynamic_ncols=True,
             leave=False,
         ) as bar:
@@ -257,10 +295,14 @@ class Trainer:
                 if cfg.lr_anneal:
                     self._set_lr(progress.epoch + progress.batch_in_epoch / len(batches))
                 loss_sum, tokens = self.train_step(indices)
+                seconds = self._seconds_before + time.monotonic() - self._started
+                if self.ranks.distributed:
+                    # Every rank takes rank 0's clock, so that a time limit stops all at one step.
+                    loss_sum, seconds = all_sum([loss_sum, seconds if self.ranks.is_main else 0.0], self.ranks)
                 progress.step += 1
                 progress.batch_in_epoch += 1
                 progress.tgt_tokens += tokens
-                progress.train_seconds = self._seconds_before + time.monotonic() - self._started
+                progress.train_seconds = seconds
                 self.meter.add(loss_sum, tokens)
                 bar.update(1)
                 if progress.step % cfg.log_every == 0:
@@ -283,31 +325,35 @@ class Trainer:
             group["lr"] = annealed_lr(cfg.lr, cfg.min_lr, cfg.lr_anneal, used)
 
     def train_step(self, indices: list[int]) -> tuple[float, int]:
-        """One update on the training pairs `indices` -> (loss sum, target tokens)."""
-        self.model.train()
+        """One update on the training pairs `indices` -> (this rank's loss sum, the batch's
+        target tokens)."""
         tokens = sum(len(self.train_tgt[i]) + 1 for i in indices)  # target tokens, eos included
-        if self.helpers is None:
-            self.optimizer.zero_grad(set_to_none=True)
-            loss_sum = self.shard_backward(indices, tokens)
-        else:
-            shards = split_batch(indices, self.pair_costs, self.workers)
-            lr = self.optimizer.param_groups[0]["lr"]
-            self.helpers.dispatch([Work(shard, tokens, lr, self.progress.step) for shard in shards[1:]])
-            self.exchange.zero(0)
-            loss_sum = self.helpers.all_sum(self.shard_backward(shards[0], tokens))
+        loss_sum = self.backward(indices, tokens)
         self._update()
         if self.average is not None:
             self.average.update(self.model)
         return loss_sum, tokens
 
-    def shard_backward(self, indices: list[int], batch_tokens: int) -> float:
-        """Forward and backward over these pairs; the loss is divided by the whole batch's target
-        tokens (`batch_tokens`), so the gradients of a batch's shards add up to the batch's."""
-        if not indices:
-            return 0.0
-        batch = collate([self.train_src[i] for i in indices], [self.train_tgt[i] for i in indices])
-        loss_sum, _ = self._batch_loss(batch.to(self.device), self.train_config.label_smoothing)
-        (loss_sum / batch_tokens).backward()
+    def backward(self, indices: list[int], batch_tokens: int) -> float:
+        """This rank's share of the batch `indices` forward and backward, its loss divided by the
+        whole batch's target tokens; the ranks' gradients are summed, so every rank holds the
+        whole batch's gradient. -> this rank's loss sum."""
+        self.model.train()
+        ranks = self.ranks
+        if ranks.distributed:
+            indices = split_batch(indices, self.pair_costs, ranks.world_size)[ranks.rank]
+            if not ranks.is_main:
+                # Dropout draws of its own (rank 0's seed would repeat rank 0's masks), a function
+                # of the step so that a resumed run draws what the whole run would have.
+                torch.manual_seed(self.train_config.seed + 7919 * ranks.rank + 104729 * self.progress.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        batch = None
+        if indices:
+            batch = collate([self.train_src[i] for i in indices], [self.train_tgt[i] for i in indices])
+            batch = batch.to(self.device)
+        loss_sum, _ = self.objective(batch, self.train_config.label_smoothing)
+        # DDP averages the ranks' gradients: scaled by the world size, the average is the sum.
+        (loss_sum * (ranks.world_size / batch_tokens)).backward()
         return loss_sum.item()
 
     def _update(self) -> None:
@@ -315,58 +361,13 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train_config.clip_norm)
         self.optimizer.step()
 
-    # --- data-parallel helpers (nmt/training/data_parallel.py) ----------------------------------
-    @contextmanager
-    def data_parallel(self) -> Iterator[None]:
-        """Inside the block, train_step runs on `self.workers` processes (with 2 or more): the
-        helpers are forked on entry, after any resume, so they start from these weights and this
-        optimizer state, and stopped on exit, however the block ends."""
-        if self.workers < 2:
-            yield
-            return
-        context = multiprocessing.get_context("fork")
-        self.exchange = GradientExchange(list(self.model.parameters()), self.workers, context)
-        self.helpers = Helpers(self.exchange, self._helper_loop, context)
-        self.exchange.attach(0)
-        torch.set_num_threads(self.threads_per_worker)
-        try:
-            yield
-        finally:
-            self.helpers.close()
-            self.helpers = None
-            for parameter in self.model.parameters():
-                parameter.grad = None  # the shared rows go with the helpers
-            torch.set_num_threads(self.threads)
-
-    def _helper_loop(self, rank: int, inbox) -> None:
-        """A helper's life: the trainer's shard of each step, until it sends None."""
-        torch.set_num_threads(self.threads_per_worker)
-        self.exchange.attach(rank)
-        self.model.train()
-        while (work := inbox.get()) is not None:
-            # Dropout draws of its own (the trainer's seed would repeat the trainer's masks), a
-            # function of the step so that a resumed run draws what the whole run would have.
-            torch.manual_seed(self.train_config.seed + 7919 * rank + 104729 * work.step)
-            for group in self.optimizer.param_groups:
-                group["lr"] = work.lr
-            self.exchange.zero(rank)
-            self.exchange.all_sum(rank, self.shard_backward(work.shard, work.batch_tokens))
-            self._update()
-
-    def _batch_loss(self, batch: Batch, label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher-forced (loss sum, nll sum) over the batch's real target tokens. The loss is fp32
-        whatever the precision (sequence_loss upcasts the logits)."""
-        with autocast(self.precision, self.device):
-            logits = self.model.forward_packed(batch.src, batch.src_lengths, batch.tgt_in, batch.tgt_lengths)
-        return sequence_loss(logits, pack_targets(batch.tgt_out, batch.tgt_lengths), label_smoothing)
-
     def _log_train(self, bar: tqdm) -> None:
         loss, tokens_per_s = self.meter.read()
         self.meter.reset()
         step, lr = self.progress.step, self.optimizer.param_groups[0]["lr"]
-        self.writer.add_scalar("train/loss", loss, step)
-        self.writer.add_scalar("train/lr", lr, step)
-        self.writer.add_scalar("train/tokens_per_s", tokens_per_s, step)
+        self._record("train/loss", loss, step)
+        self._record("train/lr", lr, step)
+        self._record("train/tokens_per_s", tokens_per_s, step)
         bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:.0f}")
         log.info(
             "step %d epoch %d: loss %.3f, lr %.2g, %.0f target tokens/s, %.1f min",
@@ -380,19 +381,25 @@ class Trainer:
 
     # --- validation --------------------------------------------------------------------------
     def validate(self) -> dict[str, float]:
-        """Teacher-forced loss and perplexity, and BLEU of the greedy translations."""
+        """Teacher-forced loss and perplexity, and BLEU of the validation translations. Each rank
+        takes every world_size-th batch and sentence; every rank gets the same result."""
         self.model.eval()
+        rank, world_size = self.ranks.rank, self.ranks.world_size
         src_ids, tgt_ids = self.valid_src, self.valid_tgt
         lengths = [max(len(s), len(t)) + 1 for s, t in zip(src_ids, tgt_ids)]
         nll_total, tokens = 0.0, 0
         with torch.inference_mode():
-            for indices in token_budget_batches(lengths, self.train_config.batch_tokens):
+            for indices in token_budget_batches(lengths, self.train_config.batch_tokens)[rank::world_size]:
                 batch = collate([src_ids[i] for i in indices], [tgt_ids[i] for i in indices]).to(self.device)
-                _, nll = self._batch_loss(batch)
+                _, nll = self.loss(batch)
                 nll_total += float(nll)
                 tokens += batch.num_tgt_tokens
+        nll_total, tokens = all_sum([nll_total, tokens], self.ranks)
         limit = self.train_config.valid_bleu_sentences or len(src_ids)
-        hypotheses = self.translator.translate_ids(src_ids[:limit])
+        shares = gather_objects(self.translator.translate_ids(src_ids[rank:limit:world_size]), self.ranks)
+        hypotheses = [""] * limit
+        for share_rank, share in enumerate(shares):
+            hypotheses[share_rank:limit:world_size] = share
         score = bleu(hypotheses, self.valid_refs[:limit])
         loss = nll_total / max(tokens, 1)
         return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "bleu": score.score, "signature": score.signature}
@@ -402,18 +409,15 @@ class Trainer:
         return self.average.applied(self.model) if self.average is not None else nullcontext()
 
     def _validate_and_save(self) -> None:
-        torch.set_num_threads(self.threads)  # the helpers wait: validation may use every core
-        try:
-            with self._averaged():
-                result = self.validate()
-        finally:
-            torch.set_num_threads(self.threads_per_worker if self.helpers is not None else self.threads)
+        with self._averaged():
+            result = self.validate()
         step = self.validated_step = self.progress.step
         minutes = self.progress.train_seconds / 60
         for name in ("loss", "ppl", "bleu"):
-            self.writer.add_scalar(f"valid/{name}", result[name], step)
-        self.writer.add_scalar("valid/train_minutes", minutes, step)
-        self.writer.flush()
+            self._record(f"valid/{name}", result[name], step)
+        self._record("valid/train_minutes", minutes, step)
+        if self.writer is not None:
+            self.writer.flush()
         if self.scheduler is not None:
             self.scheduler.step(result["loss"])
         improved = result["bleu"] > self.progress.best_bleu
@@ -423,9 +427,10 @@ class Trainer:
         else:
             self.progress.validations_since_best += 1
         self.save(best=improved)
-        with self._averaged():
-            self._plot_attention(step)
-            self._plot_gates(step)
+        if self.writer is not None:
+            with self._averaged():
+                self._plot_attention(step)
+                self._plot_gates(step)
         self.meter.reset()  # validation time is not training time
         log.info(
             "validation at step %d (%.1f min): loss %.3f, ppl %.2f, BLEU %.2f%s (%s)",
@@ -472,28 +477,77 @@ class Trainer:
             self.writer.add_figure(f"gates/{layer.name}", gate_figure(layer.gates, layer.pieces, title), step)
 
 
+class PeerError(RuntimeError):
+    """Rank 0 failed while preparing the run (and reports why); the other ranks stop with it."""
+
+
 def run_training(config: Config, run_dir: Path) -> Progress:
-    """Everything `nmt-train` does once its config is composed and checked."""
+    """Everything `nmt-train` does once its config is composed and checked, in this process as
+    one rank of the job torchrun (or `train.processes`) started, or alone."""
     cfg = config.train
+    ranks = Ranks.from_environment()
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    device = resolve_device(cfg.device)
-    resume_payload = None
-    tokenizer = None
-    if cfg.resume:
-        resume_payload = load_checkpoint(Path(cfg.resume) / "checkpoints" / LAST)
+    elif ranks.distributed:
+        # Set, not inherited: torchrun sets OMP_NUM_THREADS=1 for every rank it starts.
+        torch.set_num_threads(max(1, available_cores() // ranks.local_world_size))
+    device = rank_device(resolve_device(cfg.device), ranks)
+    with process_group(ranks, device, cfg.process_timeout_s):
+        return _run(config, run_dir, ranks, device)
+
+
+def _run(config: Config, run_dir: Path, ranks: Ranks, device: torch.device) -> Progress:
+    cfg = config.train
+    resume_dir = cfg.resume
+    if not resume_dir and restart_count() and (run_dir / "checkpoints" / LAST).exists():
+        resume_dir = str(run_dir)  # torchrun restarted the job (--max-restarts): go on from last.pt
+        log.info("restart %d of the job: resuming from %s", restart_count(), run_dir)
+    resume_payload, tokenizer = None, None
+    if resume_dir:
+        resume_payload = _on_rank_zero(lambda: load_checkpoint(Path(resume_dir) / "checkpoints" / LAST), ranks)
         saved = Config.from_dict(resume_payload["config"])
         _warn_ignored_changes(config, saved)
         config = Config(data=saved.data, model=saved.model, train=cfg)
         tokenizer = Tokenizer.from_state(resume_payload["tokenizer"])
-    log.info("run directory: %s; device %s, %d CPU threads", run_dir, device, torch.get_num_threads())
-    tokenizer, corpus = prepare_data(config.data, tokenizer, num_threads=torch.get_num_threads())
-    tokenizer.save(run_dir / "tokenizer")
-    log.info("vocabulary: %d source, %d target pieces", tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
-    trainer = Trainer(config, run_dir, tokenizer, corpus, device)
+    if ranks.is_main:
+        log.info("run directory: %s; device %s, %d CPU threads", run_dir, device, torch.get_num_threads())
+    threads = torch.get_num_threads()
+    prepared = None
+    if tokenizer is None and ranks.distributed:
+        # The tokenizer is trained once, by rank 0; the others encode with it.
+        def train_tokenizer() -> dict:
+            nonlocal prepared
+            prepared = prepare_data(config.data, None, num_threads=threads)
+            return prepared[0].state()
+
+        tokenizer = Tokenizer.from_state(_on_rank_zero(train_tokenizer, ranks))
+    tokenizer, corpus = prepared or prepare_data(config.data, tokenizer, num_threads=threads)
+    if ranks.is_main:
+        tokenizer.save(run_dir / "tokenizer")
+        log.info("vocabulary: %d source, %d target pieces", tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
+    trainer = Trainer(config, run_dir, tokenizer, corpus, device, ranks)
     if resume_payload is not None:
         trainer.restore(resume_payload)
     return trainer.train()
+
+
+def _on_rank_zero(make, ranks: Ranks):
+    """`make()` on rank 0, its result on every rank. An error on rank 0 is raised there and
+    stops the other ranks with a PeerError, instead of leaving them waiting for the result."""
+    if not ranks.distributed:
+        return make()
+    result, error = None, None
+    if ranks.is_main:
+        try:
+            result = make()
+        except Exception as caught:
+            error = caught
+    result, failed = broadcast_object((result, error is not None), ranks)
+    if error is not None:
+        raise error
+    if failed:
+        raise PeerError("rank 0 failed while preparing the run")
+    return result
 
 
 def _warn_ignored_changes(current: Config, saved: Config) -> None:
