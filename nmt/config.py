@@ -244,8 +244,8 @@ class TrainConfig:
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda
     num_threads: int = 0  # CPU threads for torch; 0 leaves torch's default (every core)
     # Training processes on this machine, each on a share of every batch (torch.distributed with
-    # DDP; nmt-train starts them through torch's launcher, as torchrun --standalone). 0: one per
-    # core on a Linux CPU while each share keeps ~1,000 batch tokens, one per GPU on CUDA, else 1.
+    # DDP; nmt-train starts them through torch's launcher, as torchrun --standalone). 0: in fp32 one
+    # per core on a Linux CPU while each share keeps ~1,000 batch tokens, one per GPU on CUDA, else 1.
     # Under torchrun, torchrun's --nproc-per-node decides instead.
     processes: int = 0
     # A training process that waits this long for the others (a hung or lost rank) ends the job.

@@ -25,7 +25,7 @@ from nmt.checkpoint import CheckpointError
 from nmt.config import Config, ConfigError, register_configs, to_config
 from nmt.data.corpus import DataError
 from nmt.data.tokenizer import TokenizerError
-from nmt.model.device import resolve_device
+from nmt.model.device import resolve_device, resolve_precision
 from nmt.training.distributed import (
     LOST_PEER_EXIT,
     LaunchError,
@@ -93,7 +93,9 @@ def _rank_failed(ranks: Ranks, error: Exception) -> int:
 
 
 def _processes(config: Config) -> int:
-    return resolve_processes(config.train.processes, resolve_device(config.train.device), config.train.batch_tokens)
+    device = resolve_device(config.train.device)
+    precision = resolve_precision(config.train.precision, device)
+    return resolve_processes(config.train.processes, device, config.train.batch_tokens, precision)
 
 
 def _launch(config: Config, run_dir: Path) -> None:
