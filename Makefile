@@ -7,7 +7,7 @@ TORCH_PIN := torch==2.13.0
 ARGS   ?=
 NPROC  ?=
 
-.PHONY: install train translate eval inspect test test-all lint format wheel bench scaling tensorboard long-range clean
+.PHONY: install train translate eval inspect serve test test-all lint format wheel bench scaling tensorboard long-range clean
 
 install: $(STAMP)
 
@@ -31,6 +31,9 @@ eval: $(STAMP)
 
 inspect: $(STAMP)
 	$(BIN)/nmt-inspect $(ARGS)
+
+serve: $(STAMP)
+	$(BIN)/nmt-serve $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -q $(ARGS)

@@ -13,6 +13,7 @@ layers over this module.
 
 from __future__ import annotations
 
+import copy
 import functools
 import itertools
 import logging
@@ -82,6 +83,8 @@ class Translator:
         self.precision = resolve_precision(precision, device)  # a bad value fails here, not mid-translation
         # Forked processes for the batches of one call (nmt.workers); CUDA cannot fork.
         self.workers = resolve_workers(workers) if device.type == "cpu" and can_fork() else 1
+        self.config: Config | None = None  # the checkpoint's, when loaded from one
+        self._frozen_searcher: DecodingModel | None = None
 
     @classmethod
     def load(
@@ -98,15 +101,34 @@ class Translator:
         override `search_options` and `inference`.
         """
         search_options, inference = split_options(search_options, inference, options)
-        model, tokenizer, _ = load_model(run_or_checkpoint, inference.device)
+        model, tokenizer, payload = load_model(run_or_checkpoint, inference.device)
         device = next(model.parameters()).device
         if inference.quantize == "int8":
             if device.type != "cpu":
                 raise ValueError("int8 quantization runs on the CPU only; use device cpu")
             quantize_int8(model)
-        return cls(
+        translator = cls(
             model, tokenizer, search_options, device, inference.batch_tokens, inference.precision, inference.workers
         )
+        translator.config = Config.from_dict(payload["config"])
+        return translator
+
+    def freeze(self) -> Translator:
+        """Promise that the weights will not change any more (a served model): search's tables
+        are made once, now, instead of once per call."""
+        self._frozen_searcher = self._searcher()
+        return self
+
+    def _searcher(self) -> DecodingModel:
+        # fp32 searches look the first layer's embedding half up in a table made from the weights
+        # (bf16 autocast would cast it back at every step: it multiplies).
+        return self.model.for_search() if self.precision == "fp32" else self.model
+
+    def with_options(self, search_options: SearchOptions) -> Translator:
+        """The same model, tokenizer and batching with other search options."""
+        clone = copy.copy(self)
+        clone.options = search_options
+        return clone
 
     def translate(self, lines: list[str]) -> list[str]:
         """The best translation of every line, in order; empty for blank lines."""
@@ -143,8 +165,7 @@ class Translator:
         self.model.eval()
         try:
             # The weights stay as they are for this call: search may use tables made from them.
-            # (bf16 autocast would cast them back at every step: it multiplies.)
-            searcher = self.model.for_search() if self.precision == "fp32" else self.model
+            searcher = self._frozen_searcher or self._searcher()
             search_batch = functools.partial(self._search_batch, searcher)
             if self.workers > 1 and len(batches) > 1:
                 # Longest sentences first (batches come shortest first): the workers finish together.

@@ -10,7 +10,12 @@ from __future__ import annotations
 import gzip
 import itertools
 import math
+import os
 import random
+import socket
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,3 +167,39 @@ def table_from(rows: dict[int, dict[int, float]], vocab: int = 7) -> torch.Tenso
         for token, prob in nexts.items():
             table[prev, token] = math.log(prob)
     return table
+
+
+# --- a running nmt-serve ----------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_ready(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[0]
+        try:
+            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise AssertionError("nmt-serve did not become ready")
+
+
+def start_server(run: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    """`nmt-serve RUN` on a free port, once it answers /ready -> (process, its URL)."""
+    port = free_port()
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "nmt-serve"), str(run), "--port", str(port), "--device", "cpu", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url, process)
+    return process, url

@@ -8,7 +8,6 @@ import multiprocessing
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_config
+from helpers import free_port, tiny_config
 
 from nmt.checkpoint import load_checkpoint
 from nmt.data.batching import collate
@@ -43,12 +42,6 @@ def test_split_batch_deals_every_pair_once_in_shares_of_nearly_equal_cost():
 
 
 # --- ranks as forked processes, as torchrun would start them ------------------------------------
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _as_rank(function, rank: int, world_size: int, port: int) -> None:
     os.environ.update(
         RANK=str(rank),

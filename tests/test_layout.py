@@ -29,6 +29,7 @@ LAYERS = {
         "nmt.plots",
         "nmt.training",
     ],
+    "service": ["nmt.service"],
     "cli": ["nmt.cli"],
 }
 ALLOWED = {
@@ -37,7 +38,8 @@ ALLOWED = {
     "model": {"config", "data"},
     "search": {"config", "data"},
     "library": {"config", "data", "model", "search"},
-    "cli": {"config", "data", "model", "search", "library"},
+    "service": {"config", "data", "model", "search", "library"},
+    "cli": {"config", "data", "model", "search", "library", "service"},
 }
 
 

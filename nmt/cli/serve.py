@@ -1,0 +1,69 @@
+"""`nmt-serve`: a checkpoint behind an HTTP endpoint, and the page that shows its gates.
+
+    nmt-serve RUN_OR_CKPT [--host 127.0.0.1] [--port 8000] [--precision bf16|--quantize int8]
+
+The model is loaded once, before the server starts, so a bad checkpoint is one line and exit
+status 2; then uvicorn serves `nmt.service.app` until SIGTERM or Ctrl-C, which finish the requests
+in flight first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import fields
+
+from nmt.checkpoint import CheckpointError
+from nmt.cli.options import add_option_flags, options_from_args
+from nmt.config import ConfigError, InferenceOptions
+from nmt.service.app import Limits, create_app
+from nmt.service.engine import Engine, EngineSettings, LoadedModel
+
+log = logging.getLogger("nmt.serve")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="nmt-serve", description="Serve a trained model over HTTP, with a page.")
+    parser.add_argument("checkpoint", metavar="RUN_OR_CKPT", help="run directory (its best.pt) or .pt checkpoint")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    add_option_flags(parser, InferenceOptions, "model")
+    engine = parser.add_argument_group("batching across requests")
+    for spec in fields(EngineSettings):
+        _flag(engine, spec.name, spec.default)
+    limits = parser.add_argument_group("limits (beyond them: 400, 413 or 504)")
+    for spec in fields(Limits):
+        _flag(limits, spec.name, spec.default)
+    return parser.parse_args(argv)
+
+
+def _flag(group, name: str, default) -> None:
+    flag = "--" + name.replace("_", "-")
+    if isinstance(default, bool):
+        group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help="(default: %(default)s)")
+    else:
+        group.add_argument(flag, type=type(default), default=default, help="(default: %(default)s)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    settings = EngineSettings(**{f.name: getattr(args, f.name) for f in fields(EngineSettings)})
+    limits = Limits(**{f.name: getattr(args, f.name) for f in fields(Limits)})
+    try:
+        inference = options_from_args(InferenceOptions, args)
+        loaded = LoadedModel.load(args.checkpoint, inference)
+    except (CheckpointError, ConfigError, OSError, ValueError) as error:
+        print(f"nmt-serve: {error}", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    app = create_app(Engine(loaded, settings), inference, limits)
+    log.info("serving %s on http://%s:%d/", loaded.path, args.host, args.port)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""`nmt-serve`'s HTTP application: FastAPI routes over the engine, limits, errors and the page.
+
+Every answer is a status code that means what it says: 400 for bad JSON or options (the message
+names the field), 413 for a body over the limit, 503 with Retry-After when the queue is full, 504
+when a request's deadline passes, 500 only for a bug; the model stays loaded after any of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+
+from nmt.checkpoint import CheckpointError
+from nmt.config import ConfigError, InferenceOptions, SearchOptions
+from nmt.service.engine import Engine, Expired, LoadedModel, QueueFull, translation_dict
+from nmt.service.inspect import inspect_payload
+from nmt.service.schemas import (
+    InspectRequest,
+    InspectResponse,
+    ModelInfo,
+    ReloadRequest,
+    TranslateRequest,
+    TranslateResponse,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_body_bytes: int = 1 << 20
+    max_segments: int = 64  # per request
+    max_chars: int = 2000  # per segment
+    max_beam: int = 16
+    max_nbest: int = 16
+    timeout_s: float = 30.0  # a request not answered by then gets 504
+
+
+class ServiceError(Exception):
+    """An answer other than 200, with the message for the client."""
+
+    def __init__(self, status: int, message: str, field: str | None = None, headers: dict | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.field, self.headers = status, message, field, headers
+
+
+def create_app(engine: Engine, inference: InferenceOptions, limits: Limits) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        engine.start()
+        loop = asyncio.get_running_loop()
+        try:  # SIGHUP reloads the checkpoint, as POST /reload does
+            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload_logged(None)))
+        except (NotImplementedError, RuntimeError, ValueError):
+            log.debug("no SIGHUP here: reload through POST /reload")
+        yield
+        engine.stop()  # uvicorn has finished the requests in flight
+
+    app = FastAPI(
+        title="nmt-serve",
+        summary="Translation with an LSTM encoder-decoder, and what its gates and attention do.",
+        version=_version(),
+        lifespan=lifespan,
+    )
+    app.state.engine = engine
+    static = resources.files("nmt.service") / "static"
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    inspect_lock = asyncio.Semaphore(1)  # one gate replay at a time: it is long and rare
+
+    async def _reload_logged(checkpoint: str | None) -> None:
+        try:
+            await run_in_threadpool(engine.reload, checkpoint, inference)
+        except (CheckpointError, ConfigError, OSError, ValueError, RuntimeError) as error:
+            log.error("reload failed, the old model goes on serving: %s", error)
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, error: ServiceError) -> JSONResponse:
+        content: dict[str, Any] = {"error": error.message}
+        if error.field:
+            content["field"] = error.field
+        return JSONResponse(content, status_code=error.status, headers=error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+        message = first.get("msg", "invalid request")
+        if first.get("type") == "json_invalid":
+            message, where = "the body is not valid JSON", ""
+        return JSONResponse(
+            {"error": f"{where}: {message}" if where else message, "field": where or None}, status_code=400
+        )
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, error: Exception) -> JSONResponse:
+        log.exception("a bug answered 500")
+        return JSONResponse({"error": f"internal error: {type(error).__name__}"}, status_code=500)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> str:
+        return (static / "index.html").read_text(encoding="utf-8")
+
+    @app.get("/health")
+    async def health() -> dict:
+        """The process is alive."""
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready() -> dict:
+        """A model is loaded and the search threads run."""
+        return {"status": "ready", "sha256": engine.loaded.sha256}
+
+    @app.get("/model", response_model=ModelInfo)
+    async def model() -> dict:
+        """Languages, cells, attention, parameters, the checkpoint's sha256 and the precision."""
+        return engine.loaded.info
+
+    @app.post("/translate", response_model=TranslateResponse)
+    async def translate(request: TranslateRequest) -> dict:
+        """Translate every segment, in order; an empty segment gives an empty text."""
+        started = time.perf_counter()
+        options = _search_options(request, limits)
+        _check_segments(request.segments, limits)
+        try:
+            job = engine.submit(request.segments, options, limits.timeout_s)
+        except QueueFull as error:
+            raise ServiceError(503, f"busy: {error}; retry later", headers={"Retry-After": "1"}) from None
+        try:
+            translations = await asyncio.wait_for(asyncio.wrap_future(job.future), limits.timeout_s)
+        except (TimeoutError, Expired):
+            job.future.cancel()
+            raise ServiceError(504, f"not translated within {limits.timeout_s:g} s") from None
+        return {
+            "translations": [translation_dict(t, options.nbest) for t in translations],
+            "model": job.loaded.sha256,
+            "ms": round(1000 * (time.perf_counter() - started), 2),
+        }
+
+    @app.post("/inspect", response_model=InspectResponse)
+    async def inspect(request: InspectRequest) -> dict:
+        """One sentence: its greedy translation, the attention matrix, and per layer and direction
+        the gates and the cell-state norm at every step."""
+        _check_segments([request.sentence], limits, field="sentence")
+        if not request.sentence.strip():
+            raise ServiceError(400, "sentence: empty", field="sentence")
+        loaded = engine.loaded
+        async with inspect_lock:
+            return await run_in_threadpool(inspect_payload, loaded, request.sentence)
+
+    @app.post("/reload", response_model=ModelInfo)
+    async def reload(request: ReloadRequest | None = None) -> dict:
+        """Load a checkpoint (default: the one serving, re-read) and swap it in; requests in
+        flight finish on the old model. A checkpoint that fails to load leaves the old one."""
+        checkpoint = request.checkpoint if request else None
+        try:
+            loaded: LoadedModel = await run_in_threadpool(engine.reload, checkpoint, inference)
+        except (CheckpointError, ConfigError, OSError, ValueError, RuntimeError) as error:
+            raise ServiceError(422, f"not loaded, the old model goes on serving: {error}", field="checkpoint") from None
+        return loaded.info
+
+    return app
+
+
+def _search_options(request: TranslateRequest, limits: Limits) -> SearchOptions:
+    for name, value, limit in (("beam", request.beam, limits.max_beam), ("nbest", request.nbest, limits.max_nbest)):
+        if value > limit:
+            raise ServiceError(400, f"{name}: {value} is over this server's limit of {limit}", field=name)
+    try:
+        return SearchOptions(
+            beam_size=request.beam,
+            nbest=request.nbest,
+            length_penalty=request.length_penalty,
+            alpha=request.alpha,
+            stopping=request.stopping,
+            min_len=request.min_len,
+            max_len_a=request.max_len_a,
+            max_len_b=request.max_len_b,
+            no_repeat_ngram=request.no_repeat_ngram,
+            sample=request.sample,
+            temperature=request.temperature,
+            top_k=request.top_k,
+            top_p=request.top_p,
+            seed=request.seed,
+        )
+    except ConfigError as error:  # names the option, as nmt-translate does
+        raise ServiceError(400, str(error), field=str(error).split("=", 1)[0].split()[-1]) from None
+
+
+def _check_segments(segments: list[str], limits: Limits, field: str = "segments") -> None:
+    if len(segments) > limits.max_segments:
+        raise ServiceError(
+            400, f"{field}: {len(segments)} segments, at most {limits.max_segments} per request", field=field
+        )
+    for number, segment in enumerate(segments):
+        if len(segment) > limits.max_chars:
+            raise ServiceError(
+                400,
+                f"{field}[{number}]: {len(segment)} characters, at most {limits.max_chars} per segment",
+                field=field,
+            )
+
+
+def _version() -> str:
+    from nmt import __version__
+
+    return __version__
+
+
+class BodyLimit:
+    """413 for a body over `max_bytes`: by its Content-Length, or counted as it streams in (the
+    body is read here, at most `max_bytes` of it, and handed on)."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            await self._refuse(scope, send)
+            return
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > self.max_bytes:
+                await self._refuse(scope, send)
+                return
+        body, sent = b"".join(chunks), False
+
+        async def replay():
+            nonlocal sent
+            if sent:
+                return await receive()  # after the body: disconnects
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope, send) -> None:
+        response = JSONResponse({"error": f"the body is over {self.max_bytes} bytes"}, status_code=413)
+        await response(scope, _no_receive, send)
+
+
+async def _no_receive():
+    return {"type": "http.disconnect"}
