@@ -47,7 +47,8 @@ def test_typing_a_sentence_translates_it_and_draws_the_heatmaps(server, tmp_path
                 "#gates .layer", "ls => ls.map(l => l.dataset.layer)"
             )
             box = page.query_selector("#attention").bounding_box()
-            page.mouse.move(box["x"] + box["width"] - 5, box["y"] + box["height"] - 5)
+            # inside the cells: the row labels are at the left, the column labels on top
+            page.hover("#attention", position={"x": box["width"] * 0.8, "y": box["height"] * 0.8})
             assert "←" in page.inner_text("#tooltip")  # hovering names the pieces and the value
             page.screenshot(path=str(tmp_path / f"page_{width}x{height}.png"), full_page=True)
             assert requests_elsewhere == []

@@ -15,11 +15,14 @@ from typing import Any, TypeVar
 Options = TypeVar("Options")
 
 
-def add_option_flags(parser: argparse.ArgumentParser, options_class: type, title: str) -> None:
-    """One flag per command-line field of the dataclass, in an argument group named `title`."""
+def add_option_flags(
+    parser: argparse.ArgumentParser, options_class: type, title: str, exclude: tuple[str, ...] = ()
+) -> None:
+    """One flag per command-line field of the dataclass (but those in `exclude`), in an argument
+    group named `title`."""
     group = parser.add_argument_group(title)
     for option in fields(options_class):
-        if not option.metadata.get("cli", True):
+        if not option.metadata.get("cli", True) or option.name in exclude:
             continue
         default = option.default if option.default is not MISSING else option.default_factory()
         flags = option.metadata.get("flags") or ("--" + option.name.replace("_", "-"),)
@@ -41,8 +44,11 @@ def add_option_flags(parser: argparse.ArgumentParser, options_class: type, title
 
 
 def options_from_args(options_class: type[Options], args: argparse.Namespace) -> Options:
-    """The dataclass built from the parsed flags (its own checks run: ConfigError on a bad value)."""
+    """The dataclass built from the parsed flags, with its defaults for fields that have none (its
+    own checks run: ConfigError on a bad value)."""
     values: dict[str, Any] = {
-        option.name: getattr(args, option.name) for option in fields(options_class) if option.metadata.get("cli", True)
+        option.name: getattr(args, option.name)
+        for option in fields(options_class)
+        if option.metadata.get("cli", True) and hasattr(args, option.name)
     }
     return options_class(**values)

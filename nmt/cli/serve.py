@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from dataclasses import fields
 
@@ -28,7 +29,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("checkpoint", metavar="RUN_OR_CKPT", help="run directory (its best.pt) or .pt checkpoint")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
-    add_option_flags(parser, InferenceOptions, "model")
+    add_option_flags(parser, InferenceOptions, "model", exclude=("workers",))  # one process, search threads
     engine = parser.add_argument_group("batching across requests")
     for spec in fields(EngineSettings):
         _flag(engine, spec.name, spec.default)
@@ -61,7 +62,12 @@ def main(argv: list[str] | None = None) -> int:
 
     app = create_app(Engine(loaded, settings), inference, limits)
     log.info("serving %s on http://%s:%d/", loaded.path, args.host, args.port)
+    # uvicorn finishes the requests in flight on SIGTERM or Ctrl-C, then raises the signal again
+    # under the handlers it found: these make that a clean exit 0 instead of a kill.
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, lambda number, frame: None)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=None)
+    log.info("stopped")
     return 0
 
 

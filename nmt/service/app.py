@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import signal
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from importlib import resources
+from importlib import metadata, resources
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -21,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nmt.checkpoint import CheckpointError
 from nmt.config import ConfigError, InferenceOptions, SearchOptions
@@ -103,6 +105,13 @@ def create_app(engine: Engine, inference: InferenceOptions, limits: Limits) -> F
         return JSONResponse(
             {"error": f"{where}: {message}" if where else message, "field": where or None}, status_code=400
         )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        message = str(error.detail)
+        if error.status_code == 400:  # FastAPI could not decode the body (invalid UTF-8, ...)
+            message = "the body is not valid JSON in UTF-8"
+        return JSONResponse({"error": message}, status_code=error.status_code, headers=error.headers)
 
     @app.exception_handler(Exception)
     async def bug(request: Request, error: Exception) -> JSONResponse:
@@ -195,8 +204,10 @@ def _search_options(request: TranslateRequest, limits: Limits) -> SearchOptions:
             top_p=request.top_p,
             seed=request.seed,
         )
-    except ConfigError as error:  # names the option, as nmt-translate does
-        raise ServiceError(400, str(error), field=str(error).split("=", 1)[0].split()[-1]) from None
+    except ConfigError as error:  # its message starts with the option's name, as nmt-translate's
+        name = re.match(r"\w+", str(error))
+        field = {"beam_size": "beam"}.get(name.group(), name.group()) if name else None
+        raise ServiceError(400, str(error).replace("beam_size", "beam"), field=field) from None
 
 
 def _check_segments(segments: list[str], limits: Limits, field: str = "segments") -> None:
@@ -214,9 +225,10 @@ def _check_segments(segments: list[str], limits: Limits, field: str = "segments"
 
 
 def _version() -> str:
-    from nmt import __version__
-
-    return __version__
+    try:
+        return metadata.version("nmt")
+    except metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
 
 
 class BodyLimit:

@@ -21,7 +21,7 @@ import threading
 import time
 from collections import defaultdict
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import astuple, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,6 @@ class Expired(RuntimeError):
 
 @dataclass(frozen=True)
 class EngineSettings:
-    batch_tokens: int = 2000  # padded source tokens per search batch
     max_wait_ms: float = 5.0  # how long the first request waits for others to share its batch
     queue_segments: int = 1024  # segments waiting at most; beyond, requests are refused (503)
     batching: bool = True  # off: every request is searched alone
@@ -114,7 +113,7 @@ class Job:
 
     @property
     def key(self) -> tuple:
-        return id(self.loaded), self.options
+        return id(self.loaded), astuple(self.options)
 
 
 class Engine:
@@ -178,7 +177,13 @@ class Engine:
             for job in jobs:
                 groups[job.key].append(job)
             for group in groups.values():
-                self._search(group)
+                try:
+                    self._search(group)
+                except Exception as error:  # a bug: its requests answer 500, the thread goes on
+                    log.exception("search failed")
+                    for job in group:
+                        if not job.future.done():
+                            job.future.set_exception(error)
 
     def _gather(self, first: Job) -> list[Job]:
         """`first` and the requests that arrive within max_wait_ms, up to a batch's tokens."""
@@ -186,9 +191,9 @@ class Engine:
         self._taken(first)
         if not self.settings.batching or first.options.sample:
             return jobs
-        tokens = _tokens(first)
+        tokens, budget = _tokens(first), first.loaded.translator.batch_tokens
         until = time.monotonic() + self.settings.max_wait_ms / 1000
-        while tokens < self.settings.batch_tokens:
+        while tokens < budget:
             try:
                 job = self._queue.get(timeout=max(0.0, until - time.monotonic()))
             except queue.Empty:
@@ -219,14 +224,7 @@ class Engine:
         if not live:
             return
         lines = [segment for job in live for segment in job.segments]
-        try:
-            translator = live[0].loaded.translator_for(live[0].options)
-            translations = translator.translate_lines(lines)
-        except Exception as error:  # a bug: every request of the batch gets it (500), the engine goes on
-            log.exception("search failed")
-            for job in live:
-                job.future.set_exception(error)
-            return
+        translations = live[0].loaded.translator_for(live[0].options).translate_lines(lines)
         self.batches += 1
         self.segments += len(lines)
         start = 0
