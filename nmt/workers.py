@@ -52,19 +52,20 @@ def map_in_workers(
     """(index, function(task)) for every task, in the order they finish.
 
     `workers` forked processes take the next task as they become free, in the order given (put
-    the longest first), and split the parent's torch threads between them. `function` and `tasks`
-    reach the workers through the fork, so neither needs to pickle; results must.
+    the longest first), one torch thread each: a forked child that uses more than one OpenMP
+    thread after its parent has used them hangs (GNU OpenMP is not fork-safe), so workers are
+    one thread each and as many as the cores (the default). `function` and `tasks` reach the
+    workers through the fork, so neither needs to pickle; results must.
     """
     if not tasks:
         return
     workers = max(1, min(workers, len(tasks)))
-    threads = max(1, torch.get_num_threads() // workers)
     # Under fork, an initializer's arguments are inherited, not pickled.
     pool = ProcessPoolExecutor(
         workers,
         mp_context=multiprocessing.get_context("fork"),
         initializer=_start_worker,
-        initargs=(function, tasks, threads),
+        initargs=(function, tasks),
     )
     try:
         futures = {pool.submit(_run_task, index): index for index in range(len(tasks))}
@@ -92,10 +93,10 @@ def _outcome(future) -> tuple[bytes | None, str | None]:
 _worker_job: tuple[Callable[[Any], Any], Sequence[Any]] | None = None
 
 
-def _start_worker(function: Callable[[Any], Any], tasks: Sequence[Any], threads: int) -> None:
+def _start_worker(function: Callable[[Any], Any], tasks: Sequence[Any]) -> None:
     global _worker_job
     _worker_job = (function, tasks)
-    torch.set_num_threads(threads)
+    torch.set_num_threads(1)  # more would hang: see map_in_workers
 
 
 def _run_task(index: int) -> tuple[bytes | None, str | None]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -36,7 +37,7 @@ def serve(run: Path, settings: EngineSettings | None = None, limits: Limits | No
 
 @pytest.fixture(scope="module")
 def client(trained_run):
-    with serve(trained_run) as client:
+    with serve(trained_run, EngineSettings(workers=2)) as client:  # searches in 2 forked workers
         yield client
 
 
@@ -61,8 +62,9 @@ def test_translations_are_nmt_translates_in_order_with_empty_segments_empty(clie
     assert body["model"] == client.get("/model").json()["sha256"] and body["ms"] > 0
 
 
-def test_concurrent_requests_share_batches_and_get_their_own_answers(trained_run):
-    settings = EngineSettings(max_wait_ms=200)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_concurrent_requests_share_batches_and_get_their_own_answers(trained_run, workers):
+    settings = EngineSettings(max_wait_ms=200, workers=workers)
     lines = [SOURCES[k] for k in range(24)]
     expected = Translator.load(trained_run, SearchOptions(beam_size=2), INFERENCE).translate(lines)
     with serve(trained_run, settings) as client:
@@ -132,7 +134,7 @@ def test_a_full_queue_is_503_with_retry_after_and_a_passed_deadline_504(trained_
 
 
 def test_a_bug_is_500_and_the_model_stays_loaded(trained_run, monkeypatch):
-    with serve(trained_run) as client:
+    with serve(trained_run, EngineSettings(workers=1)) as client:  # searches in this process
         engine = client.app.state.engine
         original = engine.loaded.translator_for
 
@@ -143,6 +145,17 @@ def test_a_bug_is_500_and_the_model_stays_loaded(trained_run, monkeypatch):
         answer = client.post("/translate", json={"segments": [SOURCES[0]]})
         assert answer.status_code == 500 and "RuntimeError" in answer.json()["error"]
         monkeypatch.setattr(engine.loaded, "translator_for", original)
+        assert client.post("/translate", json={"segments": [SOURCES[0]]}).status_code == 200
+
+
+def test_a_killed_search_worker_is_503_and_new_workers_take_over(trained_run):
+    with serve(trained_run, EngineSettings(workers=2)) as client:
+        for pid in client.app.state.engine.loaded.worker_pids:
+            os.kill(pid, signal.SIGKILL)  # as the kernel's out-of-memory killer would
+        time.sleep(0.5)
+        answer = client.post("/translate", json={"segments": [SOURCES[0]]})
+        assert answer.status_code == 503 and answer.headers["Retry-After"] == "1"
+        assert "worker died" in answer.json()["error"]
         assert client.post("/translate", json={"segments": [SOURCES[0]]}).status_code == 200
 
 

@@ -2,6 +2,8 @@
 
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -107,3 +109,19 @@ def test_a_worker_killed_mid_file_ends_the_command_with_one_line_and_keeps_the_o
     error = capsys.readouterr().err
     assert "nmt-translate: a worker died before finishing its tasks" in error and "Traceback" not in error
     assert old.read_text() == "precious\n" and not list(tmp_path.glob(".out.en.partial"))
+
+
+def test_workers_fewer_than_the_threads_do_not_hang_after_the_parent_used_them():
+    """A forked child that runs more than one OpenMP thread after its parent has used them
+    hangs; the workers must run one thread each whatever the parent's count."""
+    script = (
+        "import torch\n"
+        "from nmt.workers import map_in_workers\n"
+        "torch.set_num_threads(4)\n"
+        "a = torch.randn(256, 256); (a @ a).sum()\n"
+        "tasks = [torch.randn(256, 256) for _ in range(4)]\n"
+        "done = dict(map_in_workers(lambda x: float((x @ x).sum()), tasks, workers=2))\n"
+        "print(sorted(done))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "[0, 1, 2, 3]", result.stderr

@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nmt.checkpoint import CheckpointError
 from nmt.config import ConfigError, InferenceOptions, SearchOptions
-from nmt.service.engine import Engine, Expired, LoadedModel, QueueFull, translation_dict
+from nmt.service.engine import Engine, Expired, LoadedModel, QueueFull, WorkerLost, translation_dict
 from nmt.service.inspect import inspect_payload
 from nmt.service.schemas import (
     InspectRequest,
@@ -152,6 +152,8 @@ def create_app(engine: Engine, inference: InferenceOptions, limits: Limits) -> F
         except (TimeoutError, Expired):
             job.future.cancel()
             raise ServiceError(504, f"not translated within {limits.timeout_s:g} s") from None
+        except WorkerLost as error:
+            raise ServiceError(503, str(error), headers={"Retry-After": "1"}) from None
         return {
             "translations": [translation_dict(t, options.nbest) for t in translations],
             "model": job.loaded.sha256,

@@ -7,28 +7,41 @@ search every segment of those requests that share their search options as one ca
 segment's answer does not depend on its batch (fp32 and bf16 search is row by row), so it is the
 one `nmt-translate` gives; sampling requests are searched alone (their draws follow the batch).
 
-A reload loads the new checkpoint beside the old one and swaps it in under a lock: a request is
-pinned to the model it was queued with, so requests in flight finish on the old model.
+On a CPU the searches run in worker processes forked from the server once the model is loaded
+(one per core, one thread each, as `nmt-translate --workers`): a search step spends half its time
+in Python and small operations that a second thread cannot share, and the server's own HTTP work
+would contend with a search thread for the interpreter. One dispatch thread per worker gathers a
+batch and waits for its worker's answer.
+
+A reload loads the new checkpoint beside the old one (with workers of its own) and swaps it in
+under a lock: a request is pinned to the model it was queued with, so requests in flight finish on
+the old model, whose workers stop when its last request is answered.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import multiprocessing
+import os
 import queue
 import re
 import threading
 import time
 from collections import defaultdict
-from concurrent.futures import Future
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import astuple, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from nmt.checkpoint import resolve_checkpoint
 from nmt.config import InferenceOptions, SearchOptions
 from nmt.model.seq2seq import count_parameters
-from nmt.translation import Translation, Translator
+from nmt.translation import Translator
+from nmt.workers import can_fork, resolve_workers
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +56,26 @@ class Expired(RuntimeError):
     """A request's deadline passed before it was searched."""
 
 
+class WorkerLost(RuntimeError):
+    """A search worker died (killed from outside); its requests may be retried."""
+
+    def __init__(self, message: str, pool: ProcessPoolExecutor) -> None:
+        super().__init__(message)
+        self.pool = pool
+
+
+# One segment's answer: its texts and scores, best first (empty for an empty segment).
+Outcome = tuple[list[str], list[float]]
+
+
 @dataclass(frozen=True)
 class EngineSettings:
     max_wait_ms: float = 5.0  # how long the first request waits for others to share its batch
     queue_segments: int = 1024  # segments waiting at most; beyond, requests are refused (503)
     batching: bool = True  # off: every request is searched alone
-    search_threads: int = 1
+    # Processes searching side by side on the CPU, one thread each (0: one per core on Linux;
+    # 1: search in the server's own process, with every core).
+    workers: int = 0
 
 
 @dataclass
@@ -59,6 +86,10 @@ class LoadedModel:
     translator: Translator  # its options are replaced per request
     sha256: str
     info: dict[str, Any]
+    pool: ProcessPoolExecutor | None = None
+    worker_pids: set[int] = field(default_factory=set)  # those seen answering at start
+    jobs: int = 0  # requests queued with this model and not yet answered
+    retired: bool = False  # another model serves now: stop the pool after the last request
 
     @classmethod
     def load(cls, run_or_checkpoint: str | Path, inference: InferenceOptions) -> LoadedModel:
@@ -87,6 +118,31 @@ class LoadedModel:
     def translator_for(self, options: SearchOptions) -> Translator:
         return self.translator.with_options(options)
 
+    def start_workers(self, workers: int) -> None:
+        """Fork `workers` search processes now (they share this model's pages), one thread each
+        (more would hang after a fork: nmt.workers)."""
+        self.pool = ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("fork"),
+            initializer=_start_worker,
+            initargs=(self.translator,),
+        )
+        # All forked before the server takes requests.
+        self.worker_pids = {future.result() for future in [self.pool.submit(os.getpid) for _ in range(workers)]}
+
+    def search(self, options: SearchOptions, lines: list[str]) -> list[Outcome]:
+        pool = self.pool
+        if pool is None:
+            return _outcomes(self.translator_for(options), lines)
+        try:
+            return pool.submit(_search_in_worker, options, lines).result()
+        except BrokenProcessPool:
+            raise WorkerLost("a search worker died; retry the request", pool) from None
+
+    def stop_workers(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=False)
+
 
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
@@ -94,6 +150,25 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+# --- in a search worker ---------------------------------------------------------------------------
+_served: Translator | None = None  # set by _start_worker in each forked worker
+
+
+def _start_worker(translator: Translator) -> None:
+    global _served
+    _served = translator
+    torch.set_num_threads(1)
+
+
+def _search_in_worker(options: SearchOptions, lines: list[str]) -> list[Outcome]:
+    assert _served is not None, "_start_worker runs first in every worker"
+    return _outcomes(_served.with_options(options), lines)
+
+
+def _outcomes(translator: Translator, lines: list[str]) -> list[Outcome]:
+    return [(t.texts, [h.score for h in t.hypotheses]) for t in translator.translate_lines(lines)]
 
 
 def clean_segment(text: str) -> str:
@@ -117,11 +192,14 @@ class Job:
 
 
 class Engine:
-    """Searches queued requests in shared batches on `settings.search_threads` threads."""
+    """Searches queued requests in shared batches: one dispatch thread per search worker."""
 
     def __init__(self, loaded: LoadedModel, settings: EngineSettings) -> None:
         self.settings = settings
         self._loaded = loaded
+        translator = loaded.translator
+        self.workers = resolve_workers(settings.workers) if translator.device.type == "cpu" and can_fork() else 1
+        self.forks = self.workers > 1
         self._swap = threading.Lock()
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._waiting = 0  # segments queued, not yet taken by a search thread
@@ -136,7 +214,9 @@ class Engine:
             return self._loaded
 
     def start(self) -> None:
-        for number in range(self.settings.search_threads):
+        if self.forks:
+            self._loaded.start_workers(self.workers)
+        for number in range(self.workers):
             thread = threading.Thread(target=self._run, name=f"nmt-search-{number}", daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -148,6 +228,7 @@ class Engine:
         for thread in self._threads:
             thread.join()
         self._threads.clear()
+        self._loaded.stop_workers()
 
     def submit(self, segments: list[str], options: SearchOptions, timeout_s: float) -> Job:
         """Queue a request -> its Job, whose future gives its Translations in order. Raises
@@ -156,7 +237,10 @@ class Engine:
             if self._waiting + len(segments) > self.settings.queue_segments:
                 raise QueueFull(f"{self._waiting} segments are waiting; the queue holds {self.settings.queue_segments}")
             self._waiting += len(segments)
-        job = Job(self.loaded, options, [clean_segment(s) for s in segments], time.monotonic() + timeout_s)
+        with self._swap:
+            loaded = self._loaded
+            loaded.jobs += 1
+        job = Job(loaded, options, [clean_segment(s) for s in segments], time.monotonic() + timeout_s)
         self._queue.put(job)
         return job
 
@@ -164,8 +248,14 @@ class Engine:
         """Load a checkpoint (default: the one serving) and swap it in; on failure the old one
         goes on serving and the error is raised."""
         new = LoadedModel.load(run_or_checkpoint or self.loaded.path, inference)
+        if self.forks:
+            new.start_workers(self.workers)
         with self._swap:
-            self._loaded = new
+            old, self._loaded = self._loaded, new
+            old.retired = True
+            idle = old.jobs == 0
+        if idle:
+            old.stop_workers()
         log.info("serving %s (sha256 %s)", new.path, new.sha256[:12])
         return new
 
@@ -179,11 +269,37 @@ class Engine:
             for group in groups.values():
                 try:
                     self._search(group)
+                except WorkerLost as error:
+                    self._replace_workers(group[0].loaded, error.pool)
+                    self._fail(group, error)
                 except Exception as error:  # a bug: its requests answer 500, the thread goes on
                     log.exception("search failed")
-                    for job in group:
-                        if not job.future.done():
-                            job.future.set_exception(error)
+                    self._fail(group, error)
+                finally:
+                    self._answered(group)
+
+    def _fail(self, jobs: list[Job], error: Exception) -> None:
+        for job in jobs:
+            if not job.future.done():
+                job.future.set_exception(error)
+
+    def _answered(self, jobs: list[Job]) -> None:
+        loaded = jobs[0].loaded
+        with self._swap:
+            loaded.jobs -= len(jobs)
+            idle = loaded.retired and loaded.jobs == 0
+        if idle:
+            loaded.stop_workers()
+
+    def _replace_workers(self, loaded: LoadedModel, broken: ProcessPoolExecutor) -> None:
+        """A worker was killed from outside (for memory, by a signal): its pool is broken; fork
+        a new one so the service goes on."""
+        with self._swap:
+            if loaded.pool is not broken:  # another dispatch thread has replaced it
+                return
+            log.error("a search worker died; starting new workers")
+            loaded.stop_workers()
+            loaded.start_workers(self.workers)
 
     def _gather(self, first: Job) -> list[Job]:
         """`first` and the requests that arrive within max_wait_ms, up to a batch's tokens."""
@@ -224,7 +340,7 @@ class Engine:
         if not live:
             return
         lines = [segment for job in live for segment in job.segments]
-        translations = live[0].loaded.translator_for(live[0].options).translate_lines(lines)
+        translations = live[0].loaded.search(live[0].options, lines)
         self.batches += 1
         self.segments += len(lines)
         start = 0
@@ -238,8 +354,9 @@ def _tokens(job: Job) -> int:
     return sum(len(segment) // 4 + 2 for segment in job.segments)
 
 
-def translation_dict(translation: Translation, nbest: int) -> dict[str, Any]:
-    result: dict[str, Any] = {"text": translation.text, "score": round(translation.score, 6)}
+def translation_dict(outcome: Outcome, nbest: int) -> dict[str, Any]:
+    texts, scores = outcome
+    result: dict[str, Any] = {"text": texts[0] if texts else "", "score": round(scores[0], 6) if scores else 0.0}
     if nbest > 1:
-        result["nbest"] = [{"text": text, "score": round(score, 6)} for text, score in translation.nbest]
+        result["nbest"] = [{"text": text, "score": round(score, 6)} for text, score in zip(texts, scores)]
     return result
