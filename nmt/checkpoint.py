@@ -9,7 +9,9 @@ A checkpoint is a plain dict of tensors, numbers, strings and bytes:
 
 from __future__ import annotations
 
+import errno
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -35,9 +37,28 @@ def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
+        _fsync_directory(path.parent)  # the rename itself reaches the disk
+    except BaseException as error:
         Path(tmp_name).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise CheckpointError(
+                f"no space left on the device writing {path}: the previous checkpoint is kept; free "
+                "space and resume with train.resume"
+            ) from None
         raise
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # not every system opens directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -45,12 +66,23 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         raise CheckpointError(f"no checkpoint at {path}")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "Weights only load failed" not in str(error):  # junk bytes, a truncated file
+            raise CheckpointError(f"{path} is not a readable nmt checkpoint: {_first_line(error)}") from None
+        # torch's own message suggests weights_only=False: never for a file one does not trust.
+        raise CheckpointError(
+            f"{path} was refused: it holds Python objects other than tensors and plain data, and "
+            "loading those could run code. nmt checkpoints hold none; this file is not one"
+        ) from None
     except Exception as error:  # a damaged file can fail anywhere in unpickling (struct, zip, ...)
-        reason = (str(error).splitlines() or [type(error).__name__])[0]
-        raise CheckpointError(f"{path} is not a readable nmt checkpoint: {reason}") from None
+        raise CheckpointError(f"{path} is not a readable nmt checkpoint: {_first_line(error)}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an nmt checkpoint (expected format {FORMAT!r})")
     return payload
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def resolve_checkpoint(run_or_checkpoint: str | Path) -> Path:

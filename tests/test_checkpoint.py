@@ -1,3 +1,7 @@
+import signal
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -54,3 +58,56 @@ def test_run_directories_resolve_to_best_then_last(tmp_path):
     assert resolve_checkpoint(run / "checkpoints" / "last.pt").name == "last.pt"
     with pytest.raises(CheckpointError, match="does not exist"):
         resolve_checkpoint(tmp_path / "nope")
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("this ran",))
+
+
+def test_a_pickle_that_would_run_code_is_refused_without_advising_weights_only_false(tmp_path, capsys):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "nmt-checkpoint-1", "model": _RunsCode()}, path)
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(path)
+    message = str(error.value)
+    assert "evil.pt" in message and "could run code" in message and "weights_only" not in message
+    assert "this ran" not in capsys.readouterr().out
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(tmp_path, monkeypatch):
+    import errno
+
+    path = tmp_path / "last.pt"
+    save_checkpoint({"step": 1}, path)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(CheckpointError, match=r"no space left on the device writing .*last\.pt"):
+        save_checkpoint({"step": 2}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+
+def test_a_write_killed_midway_leaves_the_previous_checkpoint_loadable(tmp_path):
+    """SIGKILL while torch.save writes: the temporary file is half written, last.pt untouched."""
+    path = tmp_path / "last.pt"
+    save_checkpoint({"step": 1, "weights": torch.zeros(10)}, path)
+    script = (
+        "import os, signal, torch\n"
+        "from pathlib import Path\n"
+        "from nmt.checkpoint import save_checkpoint\n"
+        "real_save = torch.save\n"
+        "def dying_save(obj, f, *a, **k):\n"
+        "    f.write(b'PK half a zip')\n"
+        "    f.flush()\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "torch.save = dying_save\n"
+        f"save_checkpoint({{'step': 2}}, Path({str(path)!r}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], timeout=60)
+    assert result.returncode == -signal.SIGKILL
+    assert load_checkpoint(path)["step"] == 1

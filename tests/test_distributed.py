@@ -319,3 +319,34 @@ def test_the_launcher_names_the_rank_that_failed_first_not_the_ranks_that_lost_i
     raised = {0: failure(LOST_PEER_EXIT), 3: failure(1, 7)}
     assert describe_failures(raised) == ("training process rank 3 failed with exit status 1 (its error is above)", 1)
     assert describe_failures({0: failure(2), 1: failure(2)})[1] == 2  # a user error every rank has reported
+
+
+@pytest.mark.parametrize("stop_signal, exit_code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_stops_every_rank_after_the_same_step_and_the_run_resumes(
+    text_corpus, tmp_path, stop_signal, exit_code
+):
+    """SIGTERM to the launcher (a scheduler), or Ctrl-C (SIGINT to the terminal's process group):
+    the ranks finish their step together, rank 0 writes last.pt, and the run goes on from it."""
+    run = tmp_path / "run"
+    steps = ["train.max_steps=100000", "train.save_every=100000", "train.validate_every=100000"]
+    process = start([str(BIN / "nmt-train"), *toy_overrides(text_corpus, run, "train.processes=2", *steps)], tmp_path)
+    wait_for(run / "tokenizer")
+    time.sleep(3)  # some steps in
+    os.killpg(process.pid, stop_signal) if stop_signal == signal.SIGINT else process.send_signal(stop_signal)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == exit_code, output
+    assert "Traceback" not in output and "resume with `nmt-train train.resume=" in output
+    step = load_checkpoint(run / "checkpoints" / "last.pt")["progress"]["step"]
+    assert step > 0
+    resumed = finish(
+        start(
+            [
+                str(BIN / "nmt-train"),
+                *toy_overrides(
+                    text_corpus, run, "train.processes=2", f"train.max_steps={step + 4}", f"train.resume={run}"
+                ),
+            ],
+            tmp_path,
+        )
+    )
+    assert f"resumed at step {step}" in resumed

@@ -213,6 +213,8 @@ def test_sigkill_mid_run_then_resume_finishes(text_corpus, tmp_path):
     [
         ("data.source=/no/such/corpus", "data source directory '/no/such/corpus' does not exist"),
         ("model.attention=luong", "model.attention='luong' is not valid"),
+        ("train.lr_rate=0.1", "unknown key train.lr_rate (did you mean train.lr_patience?); train has: seed,"),
+        ("model.encoder.hiden_size=3", "did you mean model.encoder.hidden_size?"),
     ],
 )
 def test_user_errors_end_in_one_clear_message(tmp_path, override, message):
@@ -297,3 +299,71 @@ def test_an_annealed_rate_falls_to_min_lr_and_resumes_on_the_same_fall(text_corp
 def test_annealing_and_plateau_decay_together_are_refused():
     with pytest.raises(ConfigError, match=r"lr_decay_factor=1.0"):
         TrainConfig(lr_anneal=0.3, lr_decay_factor=0.5)
+
+
+@pytest.mark.parametrize("stop_signal, exit_code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_stops_training_after_a_step_and_the_resumed_run_equals_an_uninterrupted_one(
+    text_corpus, tmp_path, stop_signal, exit_code
+):
+    common = (
+        f"data.source={text_corpus}",
+        "data.name=toy",
+        "data.tokenizer.vocab_size=80",
+        "model.embed_dim=16",
+        "model.encoder.hidden_size=16",
+        "model.encoder.num_layers=1",
+        "model.decoder.hidden_size=32",
+        "model.decoder.num_layers=1",
+        "train.batch_tokens=300",
+        "train.max_epochs=0",
+        "train.save_every=100000",
+        "train.validate_every=100000",
+        "train.num_threads=1",
+        "train.processes=1",
+    )
+    run = tmp_path / "run"
+    process = nmt_train(*common, "train.max_steps=100000", f"hydra.run.dir={run}", cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    while not (run / "tokenizer").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(2)  # some steps in, no checkpoint written yet
+    process.send_signal(stop_signal)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == exit_code, output
+    step = load_checkpoint(run / "checkpoints" / "last.pt")["progress"]["step"]
+    assert f"stopped at step {step} by {stop_signal.name}" in output and "Traceback" not in output
+    resumed = nmt_train(*common, f"train.max_steps={step + 6}", f"train.resume={run}", cwd=tmp_path)
+    assert resumed.communicate(timeout=300)[0].count(f"resumed at step {step}") == 1
+    straight = tmp_path / "straight"
+    assert nmt_train(*common, f"train.max_steps={step + 6}", f"hydra.run.dir={straight}", cwd=tmp_path).wait(300) == 0
+    a = load_checkpoint(run / "checkpoints" / "last.pt")
+    b = load_checkpoint(straight / "checkpoints" / "last.pt")
+    assert a["progress"]["step"] == b["progress"]["step"] == step + 6
+    for name, weight in b["model"].items():
+        assert torch.equal(a["model"][name], weight), name
+
+
+def test_a_nan_loss_skips_its_update_and_too_many_in_a_row_stop_training(text_corpus, tmp_path, monkeypatch):
+    import nmt.training.trainer
+    from nmt.training.trainer import TrainingDiverged
+
+    real_loss = nmt.training.trainer.sequence_loss
+    calls = {"n": 0}
+
+    def poisoned(logits, targets, label_smoothing=0.0):
+        calls["n"] += 1
+        loss, nll = real_loss(logits, targets, label_smoothing)
+        return (loss * float("nan"), nll) if calls["n"] in (3, 4) else (loss, nll)
+
+    monkeypatch.setattr(nmt.training.trainer, "sequence_loss", poisoned)
+    config = tiny_config(text_corpus, max_steps=8, validate_every=8)
+    progress = run_training(config, tmp_path / "run")
+    assert progress.step == 8 and progress.nonfinite_total == 2 and progress.nonfinite_in_a_row == 0
+    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert all(torch.isfinite(weight).all() for weight in last["model"].values())
+
+    monkeypatch.setattr(
+        nmt.training.trainer, "sequence_loss", lambda *a, **k: [x * float("nan") for x in real_loss(*a, **k)]
+    )
+    with pytest.raises(TrainingDiverged, match="3 updates in a row had a NaN or inf gradient"):
+        run_training(tiny_config(text_corpus, max_steps=8, max_nonfinite_steps=3), tmp_path / "diverged")

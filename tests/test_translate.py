@@ -206,3 +206,40 @@ def test_cli_samples_and_blocks_repeated_ngrams(trained_run):
         words = row.split("\t")[2].split()
         bigrams = list(itertools.pairwise(words))
         assert len(bigrams) == len(set(bigrams)), row  # no piece pair twice, so no word pair either
+
+
+def test_a_line_written_into_an_open_pipe_is_answered_before_the_pipe_closes(trained_run):
+    """Interactive use: `nmt-translate RUN`, then type; each line is answered as it arrives."""
+    import select
+
+    translator = Translator.load(trained_run, device="cpu", workers=1)
+    process = subprocess.Popen(
+        [str(BIN / "nmt-translate"), str(trained_run), "--device", "cpu", "--no-progress"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for line in (PAIRS[0][0], PAIRS[5][0]):
+            process.stdin.write(line.encode() + b"\n")
+            process.stdin.flush()
+            ready, _, _ = select.select([process.stdout], [], [], 60)
+            assert ready, "no answer while the pipe is open"
+            assert process.stdout.readline().decode().rstrip("\n") == translator.translate([line])[0]
+    finally:
+        process.stdin.close()
+    assert process.wait(timeout=60) == 0
+
+
+@pytest.mark.parametrize("output, words", [("missing/out.en", "output directory"), (".", "is a directory")])
+def test_an_output_that_cannot_be_written_is_named_not_its_temporary_file(trained_run, tmp_path, output, words):
+    source = tmp_path / "in.de"
+    source.write_text(PAIRS[0][0] + "\n", encoding="utf-8")
+    result = subprocess.run(
+        [str(BIN / "nmt-translate"), str(trained_run), "-i", str(source), "-o", str(tmp_path / output)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and words in result.stderr
+    assert ".partial" not in result.stderr and "Traceback" not in result.stderr

@@ -10,11 +10,14 @@ corpus, a broken checkpoint) ends in one line.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import shutil
 import sys
 import tempfile
+from dataclasses import fields, is_dataclass
 from pathlib import Path
+from typing import Any
 
 import datasets
 import hydra
@@ -22,7 +25,19 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from nmt.checkpoint import CheckpointError
-from nmt.config import Config, ConfigError, register_configs, to_config
+from nmt.config import (
+    Config,
+    ConfigError,
+    DataConfig,
+    DecoderConfig,
+    EncoderConfig,
+    ModelConfig,
+    SearchOptions,
+    TokenizerConfig,
+    TrainConfig,
+    register_configs,
+    to_config,
+)
 from nmt.data.corpus import DataError
 from nmt.data.tokenizer import TokenizerError
 from nmt.model.device import resolve_device, resolve_precision
@@ -37,11 +52,25 @@ from nmt.training.distributed import (
     resolve_processes,
     under_launcher,
 )
-from nmt.training.trainer import PeerError, run_training
+from nmt.training.trainer import PeerError, TrainingDiverged, TrainingStopped, run_training
 
 log = logging.getLogger(__name__)
 
 CONFIG_PACKAGE = "pkg://nmt.conf"
+GROUPS = ("data", "model", "train")
+CONFIG_CLASSES = {
+    cls.__name__: cls
+    for cls in (
+        Config,
+        DataConfig,
+        TokenizerConfig,
+        ModelConfig,
+        EncoderConfig,
+        DecoderConfig,
+        TrainConfig,
+        SearchOptions,
+    )
+}
 # Hydra's options that choose the config itself: the processes must compose the same one.
 CONFIG_FLAGS = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")
 
@@ -70,9 +99,16 @@ def _train(cfg: DictConfig) -> None:
         sys.exit(2)
     except PeerError:
         sys.exit(2)  # rank 0 has said why
+    except TrainingDiverged as error:
+        log.error("%s", error)
+        sys.exit(1)
+    except TrainingStopped as stop:
+        sys.exit(stop.exit_code)  # last.pt holds the step; the log says how to resume
     except LaunchError as error:
         if error.exit_code == 1:
             log.error("%s; the run's last checkpoint is kept (resume with train.resume=%s)", error, run_dir)
+        elif error.exit_code != 2:  # stopped by a signal, after a step
+            log.warning("%s; resume with `nmt-train train.resume=%s`", error, run_dir)
         sys.exit(error.exit_code)
     except Exception as error:
         if not ranks.distributed:
@@ -117,7 +153,41 @@ def _config_flags(argv: list[str]) -> list[str]:
     return flags
 
 
+def unknown_key_message(argv: list[str]) -> str | None:
+    """One line for the first override whose key the schema does not have (Hydra's own error
+    spans several lines and hints at HYDRA_FULL_ERROR), naming the valid keys at that level."""
+    for arg in argv:
+        key = arg.split("=", 1)[0]
+        if "=" not in arg or arg.startswith(("-", "+", "~")) or key.startswith(("hydra.", "hydra/")):
+            continue
+        node: Any = Config
+        parts = key.split(".")
+        if len(parts) == 1 and parts[0] in GROUPS:
+            continue  # a preset of a config group: Hydra names the valid ones itself
+        for depth, part in enumerate(parts):
+            names = [f.name for f in fields(node)] if is_dataclass(node) else []
+            if part not in names:
+                where = ".".join(parts[:depth]) or "the config"
+                close = difflib.get_close_matches(part, names, n=1)
+                hint = f" (did you mean {'.'.join([*parts[:depth], close[0]])}?)" if close else ""
+                return f"nmt-train: unknown key {key}{hint}; {where} has: {', '.join(names)}"
+            node = next(f.type for f in fields(node) if f.name == part)
+            node = _dataclass_named(node)
+    return None
+
+
+def _dataclass_named(annotation: Any) -> Any:
+    """The dataclass a field's annotation names (annotations are strings here)."""
+    if isinstance(annotation, str):
+        return CONFIG_CLASSES.get(annotation.split("|")[0].strip())
+    return annotation if is_dataclass(annotation) else None
+
+
 def main() -> None:
+    message = unknown_key_message(sys.argv[1:])
+    if message:
+        print(message, file=sys.stderr)
+        sys.exit(2)
     register_configs()
     datasets.disable_progress_bars()  # per-split map bars drown the log; tqdm shows training
     OmegaConf.register_new_resolver("nmt_run_dir", _run_dir_resolver, replace=True)

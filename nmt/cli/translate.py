@@ -2,8 +2,10 @@
 
     nmt-translate RUN_OR_CKPT [-i FILE] [-o FILE] [--beam 5] [--nbest N] [--sample ...]
 
-Input is read in chunks (line by line when typed at a terminal), so memory stays flat however
-long it is; invalid UTF-8 is replaced and reported once. An output file is written beside its
+Input is read in chunks of what is already waiting (at most 2,000 lines), so a file or a long
+pipe is translated in full batches while a line typed at a terminal or written into an open pipe
+is answered at once; memory stays flat however long the input is. Invalid UTF-8 is replaced and
+reported once. An output file is written beside its
 target and renamed at the end, so a failed run never truncates an old one.
 """
 
@@ -11,7 +13,10 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import logging
+import os
+import select
 import sys
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -66,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         # Opened here, closed by the `with` below: a missing input or output directory is one line.
         source = open(args.input, "rb") if args.input else sys.stdin.buffer  # noqa: SIM115
         total = _count_lines(args.input) if args.input else None
+        if out_path and not out_path.parent.is_dir():
+            raise OSError(f"output directory {out_path.parent} does not exist (for -o {out_path})")
+        if out_path and out_path.is_dir():
+            raise OSError(f"-o {out_path} is a directory; give a file name")
         out = open(tmp_path, "w", encoding="utf-8") if tmp_path else sys.stdout  # noqa: SIM115
     except (ValueError, CheckpointError, RuntimeError, OSError) as error:
         print(f"nmt-translate: {error}", file=sys.stderr)
@@ -73,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     show_progress = args.progress if args.progress is not None else bool(out_path) or not sys.stdout.isatty()
     try:
         with source, out if tmp_path else nullcontext(out):
-            lines = read_lines(source, args.input or "<stdin>")
-            translate_all(translator, lines, out, args, total, show_progress, interactive=source.isatty())
+            chunks = read_chunks(source, args.input or "<stdin>")
+            translate_all(translator, chunks, out, args, total, show_progress)
         if tmp_path and out_path:
             tmp_path.replace(out_path)
     except WorkerError as error:
@@ -88,27 +97,25 @@ def main(argv: list[str] | None = None) -> int:
 
 def translate_all(
     translator: Translator,
-    lines: Iterator[str],
+    chunks: Iterator[list[str]],
     out,
     args: argparse.Namespace,
     total: int | None,
     show_progress: bool,
-    interactive: bool,
 ) -> None:
     progress = tqdm(total=total, unit=" lines", disable=not show_progress, file=sys.stderr, dynamic_ncols=True)
-    # Typed input is answered line by line; piped input goes in chunks, sorted into batches.
-    chunk_lines = 1 if interactive else CHUNK_LINES
-    for number, translation in enumerate(translator.translate_stream(lines, chunk_lines), start=1):
-        out.write(format_translation(translation, number, args.nbest, args.scores))
-        if interactive:
-            out.flush()
-        if args.attention is not None:
-            _write_attention(translator, translation, number, args.attention)
-        if args.gates is not None and translation.source.strip():
-            _write_gates(translator, translation.source, args.gates / f"{number:06d}")
-        progress.update(1)
+    number = 0
+    for chunk in chunks:
+        for translation in translator.translate_lines(chunk):
+            number += 1
+            out.write(format_translation(translation, number, args.nbest, args.scores))
+            if args.attention is not None:
+                _write_attention(translator, translation, number, args.attention)
+            if args.gates is not None and translation.source.strip():
+                _write_gates(translator, translation.source, args.gates / f"{number:06d}")
+            progress.update(1)
+        out.flush()  # whoever waits on the other end of a pipe gets this chunk's lines now
     progress.close()
-    out.flush()
 
 
 def format_translation(translation: Translation, number: int, nbest: int, scores: bool) -> str:
@@ -120,19 +127,60 @@ def format_translation(translation: Translation, number: int, nbest: int, scores
     return translation.text + "\n"
 
 
-def read_lines(stream: io.BufferedIOBase, name: str) -> Iterator[str]:
-    """Decoded lines without their line ending; undecodable bytes become U+FFFD and are reported
-    once, with the first line number, so one bad byte never stops a long job."""
-    reported = False
-    for number, raw in enumerate(stream, start=1):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            line = raw.decode("utf-8", errors="replace")
-            if not reported:
-                log.warning("%s:%d: invalid UTF-8 replaced with U+FFFD (reported once)", name, number)
-                reported = True
-        yield line.rstrip("\r\n")
+def read_chunks(stream: io.BufferedIOBase, name: str, chunk_lines: int = CHUNK_LINES) -> Iterator[list[str]]:
+    """Decoded lines without their line ending, in chunks of what is already waiting (at most
+    `chunk_lines`): a file gives full chunks, a line written into an open pipe comes alone at
+    once. Undecodable bytes become U+FFFD and are reported once, with the first line number, so
+    one bad byte never stops a long job."""
+    reported, number = False, 0
+    for raw_chunk in _waiting_chunks(stream, chunk_lines):
+        lines = []
+        for raw in raw_chunk:
+            number += 1
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                line = raw.decode("utf-8", errors="replace")
+                if not reported:
+                    log.warning("%s:%d: invalid UTF-8 replaced with U+FFFD (reported once)", name, number)
+                    reported = True
+            lines.append(line.rstrip("\r\n"))
+        yield lines
+
+
+def _waiting_chunks(stream: io.BufferedIOBase, chunk_lines: int) -> Iterator[list[bytes]]:
+    """Raw lines in chunks, each ending where no more input is waiting (select on the file
+    descriptor; a regular file is always ready). Without select on this stream, fixed chunks."""
+    try:
+        fd = stream.fileno()
+        select.select([fd], [], [], 0)
+    except (OSError, ValueError, io.UnsupportedOperation):
+        yield from _fixed_chunks(stream, chunk_lines)
+        return
+    pending, chunk = b"", []
+    while True:
+        if chunk and not select.select([fd], [], [], 0)[0]:
+            yield chunk  # nothing more is waiting: answer what came
+            chunk = []
+            continue
+        data = os.read(fd, 1 << 16)
+        if not data:
+            break
+        *lines, pending = (pending + data).split(b"\n")
+        chunk.extend(lines)
+        while len(chunk) >= chunk_lines:
+            yield chunk[:chunk_lines]
+            chunk = chunk[chunk_lines:]
+    if pending:
+        chunk.append(pending)
+    if chunk:
+        yield chunk
+
+
+def _fixed_chunks(stream, chunk_lines: int) -> Iterator[list[bytes]]:
+    iterator = iter(stream)
+    while chunk := list(itertools.islice(iterator, chunk_lines)):
+        yield chunk
 
 
 def _write_attention(translator: Translator, translation: Translation, number: int, directory: Path) -> None:

@@ -230,11 +230,17 @@ def launch(processes: int, argv: Sequence[str], max_restarts: int = 0) -> None:
     # torch's agent logs every start and stop, and each failure at length; LaunchError says what
     # matters in one line.
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
     os.environ[LAUNCHED_BY_NMT] = "1"  # the processes inherit the environment
     try:
         elastic_launch(config, sys.executable)("-m", "nmt.cli.train", *argv)
     except ChildFailedError as error:
         raise LaunchError(*describe_failures(error.failures)) from None
+    except SignalException as stop:
+        # torch's agent has passed the signal on to the ranks and waited for them: they stopped
+        # after a step, with last.pt written.
+        raise LaunchError(f"stopped by {signal.Signals(stop.sigval).name}", 128 + stop.sigval) from None
     finally:
         del os.environ[LAUNCHED_BY_NMT]
 
@@ -244,6 +250,10 @@ def describe_failures(failures: dict) -> tuple[str, int]:
     error; with exit status 2 when every rank stopped on a user error it has already reported."""
     if all(failure.exitcode == 2 for failure in failures.values()):
         return "every training process stopped on the error above", 2
+    stopped = {failure.exitcode for failure in failures.values()} & {128 + signal.SIGINT, 128 + signal.SIGTERM}
+    if stopped and all(failure.exitcode in stopped for failure in failures.values()):
+        code = min(stopped)
+        return f"stopped by {signal.Signals(code - 128).name} after a step; last.pt holds it", code
 
     def cause_first(item) -> tuple:
         # A signal from outside, then a rank's own error, then a rank that lost another one

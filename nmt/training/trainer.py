@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
+import threading
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -59,6 +62,8 @@ class Progress:
     validations_since_best: int = 0  # for early stopping (train.patience)
     train_seconds: float = 0.0  # wall time spent training, summed over resumes
     tgt_tokens: int = 0
+    nonfinite_in_a_row: int = 0  # updates skipped for a NaN or inf gradient, since the last good one
+    nonfinite_total: int = 0
 
 
 class ThroughputMeter:
@@ -77,6 +82,19 @@ class ThroughputMeter:
     def read(self) -> tuple[float, float]:
         seconds = max(time.monotonic() - self.started, 1e-9)
         return self.loss / max(self.tokens, 1), self.tokens / seconds
+
+
+class TrainingStopped(Exception):
+    """SIGINT or SIGTERM stopped training after a step; last.pt holds that step."""
+
+    def __init__(self, signal_number: int, step: int) -> None:
+        super().__init__(f"stopped at step {step} by {signal.Signals(signal_number).name}")
+        self.signal_number = signal_number
+        self.exit_code = 128 + signal_number  # 130 for Ctrl-C, 143 for SIGTERM, as a shell reports them
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many updates in a row had a NaN or inf gradient (train.max_nonfinite_steps)."""
 
 
 class TeacherForcedLoss(torch.nn.Module):
@@ -174,6 +192,7 @@ class Trainer:
             workers=1,
         )
         self.progress = Progress()
+        self.stop_signal: int | None = None  # SIGINT or SIGTERM received: stop after this step
         self.meter = ThroughputMeter()
         self.pair_costs = [len(s) + len(t) for s, t in zip(self.train_src, self.train_tgt)]
         self.writer = SummaryWriter(str(run_dir / "tensorboard")) if ranks.is_main else None
@@ -258,15 +277,16 @@ class Trainer:
         """Train until a limit is reached; the final weights are validated and saved."""
         progress = self.progress
         self._started, self._seconds_before = time.monotonic(), progress.train_seconds
-        while not self.limit_reached():
-            batches = self.batcher.epoch_batches(progress.epoch)
-            self._run_epoch(batches)
-            if progress.batch_in_epoch < len(batches):
-                break  # a limit was reached inside the epoch
-            progress.epoch += 1
-            progress.batch_in_epoch = 0
-            if not self.train_config.validate_every:
-                self._validate_and_save()
+        with self._stop_on_signals():
+            while not self.limit_reached():
+                batches = self.batcher.epoch_batches(progress.epoch)
+                self._run_epoch(batches)
+                if progress.batch_in_epoch < len(batches):
+                    break  # a limit was reached inside the epoch
+                progress.epoch += 1
+                progress.batch_in_epoch = 0
+                if not self.train_config.validate_every:
+                    self._validate_and_save()
         if self.validated_step != progress.step:
             self._validate_and_save()
         log.info(
@@ -296,9 +316,12 @@ class Trainer:
                     self._set_lr(progress.epoch + progress.batch_in_epoch / len(batches))
                 loss_sum, tokens = self.train_step(indices)
                 seconds = self._seconds_before + time.monotonic() - self._started
+                stop = float(self.stop_signal or 0)
                 if self.ranks.distributed:
-                    # Every rank takes rank 0's clock, so that a time limit stops all at one step.
-                    loss_sum, seconds = all_sum([loss_sum, seconds if self.ranks.is_main else 0.0], self.ranks)
+                    # Every rank takes rank 0's clock, so that a time limit stops all at one step,
+                    # and any rank's stop signal, so that a stop does too.
+                    main_seconds = seconds if self.ranks.is_main else 0.0
+                    loss_sum, seconds, stop = all_sum([loss_sum, main_seconds, stop], self.ranks)
                 progress.step += 1
                 progress.batch_in_epoch += 1
                 progress.tgt_tokens += tokens
@@ -313,6 +336,43 @@ class Trainer:
                     self._validate_and_save()
                 elif cfg.save_every and progress.step % cfg.save_every == 0:
                     self.save()
+                if stop:
+                    self._stop(self.stop_signal or signal.SIGTERM)
+
+    @contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """Inside the block, SIGINT (Ctrl-C) and SIGTERM (schedulers, preemption) stop training
+        after the current step with last.pt written; a second Ctrl-C stops at once."""
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signal handlers belong to the main thread
+            return
+
+        def request_stop(number: int, frame) -> None:
+            if self.stop_signal is not None and number == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.stop_signal = number
+            log.warning("%s: stopping after this step (Ctrl-C again stops at once)", signal.Signals(number).name)
+
+        previous = {number: signal.signal(number, request_stop) for number in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+    def _stop(self, signal_number: int) -> None:
+        self.save()
+        if self.writer is not None:
+            self.writer.flush()
+        step = self.progress.step
+        if self.ranks.is_main:
+            log.warning(
+                "stopped at step %d by %s; resume with `nmt-train train.resume=%s`",
+                step,
+                signal.Signals(signal_number).name,
+                self.run_dir,
+            )
+        raise TrainingStopped(signal_number, step)
 
     def _set_lr(self, epoch_progress: float) -> None:
         """The annealed rate of the coming update, from the budget spent so far (so a resumed run
@@ -357,9 +417,30 @@ class Trainer:
         return loss_sum.item()
 
     def _update(self) -> None:
-        if self.train_config.clip_norm:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train_config.clip_norm)
-        self.optimizer.step()
+        """Clip and step, unless the gradient holds a NaN or inf (a bad batch, an overflow): then
+        the update is skipped and counted, and too many in a row stop training. Every rank sees
+        the same summed gradient, so every rank decides alike."""
+        cfg, progress = self.train_config, self.progress
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm or math.inf)
+        if torch.isfinite(norm):
+            self.optimizer.step()
+            progress.nonfinite_in_a_row = 0
+            return
+        self.optimizer.zero_grad(set_to_none=True)
+        progress.nonfinite_in_a_row += 1
+        progress.nonfinite_total += 1
+        log.warning(
+            "step %d: the gradient holds NaN or inf; update skipped (%d in a row, %d in all)",
+            progress.step + 1,
+            progress.nonfinite_in_a_row,
+            progress.nonfinite_total,
+        )
+        if progress.nonfinite_in_a_row >= cfg.max_nonfinite_steps:
+            raise TrainingDiverged(
+                f"{progress.nonfinite_in_a_row} updates in a row had a NaN or inf gradient (at step "
+                f"{progress.step + 1}): training stopped. Lower train.lr, keep train.clip_norm on, or use fp32; "
+                f"last.pt holds the last good state"
+            )
 
     def _log_train(self, bar: tqdm) -> None:
         loss, tokens_per_s = self.meter.read()
@@ -420,7 +501,10 @@ class Trainer:
             self.writer.flush()
         if self.scheduler is not None:
             self.scheduler.step(result["loss"])
-        improved = result["bleu"] > self.progress.best_bleu
+        finite = all(bool(torch.isfinite(weight).all()) for weight in self.model.parameters())
+        if not finite:
+            log.error("the weights hold NaN or inf at step %d: best.pt is not written", self.progress.step)
+        improved = finite and result["bleu"] > self.progress.best_bleu
         if improved:
             self.progress.best_bleu = result["bleu"]
             self.progress.validations_since_best = 0
