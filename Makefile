@@ -7,7 +7,7 @@ TORCH_PIN := torch==2.13.0
 ARGS   ?=
 NPROC  ?=
 
-.PHONY: install train translate eval inspect serve test test-all lint format wheel bench scaling tensorboard long-range clean
+.PHONY: install train translate eval inspect serve faults test test-all lint format wheel bench scaling tensorboard long-range clean
 
 install: $(STAMP)
 
@@ -60,6 +60,10 @@ bench: $(STAMP)
 
 scaling: $(STAMP)
 	$(BIN)/python scripts/scaling.py $(ARGS)
+
+# Kill training with SIGKILL 10 times, resume each time, compare with an uninterrupted run.
+faults: $(STAMP)
+	$(BIN)/python scripts/faults.py $(ARGS)
 
 long-range: $(STAMP)
 	$(BIN)/python scripts/long_range.py $(ARGS)

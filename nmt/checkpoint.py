@@ -30,6 +30,8 @@ def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
     """Write to a temporary file beside `path`, flush to disk, then rename over it: a crash at
     any moment leaves either the old checkpoint or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a write that was killed
+        stale.unlink(missing_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as stream:
@@ -67,8 +69,10 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        if "Weights only load failed" not in str(error):  # junk bytes, a truncated file
-            raise CheckpointError(f"{path} is not a readable nmt checkpoint: {_first_line(error)}") from None
+        if "Unsupported global" not in str(error):  # junk bytes, a truncated file
+            # torch's message advises weights_only=False first: quote only what went wrong.
+            reason = str(error).split("WeightsUnpickler error:")[-1].strip()
+            raise CheckpointError(f"{path} is not a readable nmt checkpoint: {_first_line(reason)}") from None
         # torch's own message suggests weights_only=False: never for a file one does not trust.
         raise CheckpointError(
             f"{path} was refused: it holds Python objects other than tensors and plain data, and "
@@ -81,8 +85,9 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     return payload
 
 
-def _first_line(error: Exception) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+def _first_line(error: Exception | str) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def resolve_checkpoint(run_or_checkpoint: str | Path) -> Path:

@@ -120,6 +120,8 @@ class InferenceOptions:
     # Forked CPU processes that search batches side by side, the cores split between them
     # (nmt.workers); 0: one per core on Linux, else 1.
     workers: int = option(0, "CPU processes searching side by side (0: one per core on Linux; 1: one process)")
+    # A line of a megabyte would make the attention read ~10^5 positions at every step.
+    max_src_len: int = option(1024, "source pieces translated per line; a longer line is cut there (0: no limit)")
 
     def __post_init__(self) -> None:
         _check_choice("device", self.device, DEVICES)
@@ -127,6 +129,7 @@ class InferenceOptions:
         _check_choice("quantize", self.quantize, QUANTIZE_KINDS)
         _check_positive("batch_tokens", self.batch_tokens)
         _check_positive("workers", self.workers, allow_zero=True)
+        _check_positive("max_src_len", self.max_src_len, allow_zero=True)
 
 
 @dataclass

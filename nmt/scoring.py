@@ -24,6 +24,8 @@ class Score:
 def _check_lengths(hypotheses: list[str], references: list[str]) -> None:
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references; they must be line-aligned")
+    if not references:
+        raise ValueError("nothing to score: the hypotheses and the references are empty")
 
 
 def bleu(hypotheses: list[str], references: list[str]) -> Score:

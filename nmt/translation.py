@@ -84,6 +84,7 @@ class Translator:
         # Forked processes for the batches of one call (nmt.workers); CUDA cannot fork.
         self.workers = resolve_workers(workers) if device.type == "cpu" and can_fork() else 1
         self.config: Config | None = None  # the checkpoint's, when loaded from one
+        self.max_src_len = InferenceOptions().max_src_len  # source pieces per line; 0: all
         self._frozen_searcher: DecodingModel | None = None
 
     @classmethod
@@ -111,6 +112,7 @@ class Translator:
             model, tokenizer, search_options, device, inference.batch_tokens, inference.precision, inference.workers
         )
         translator.config = Config.from_dict(payload["config"])
+        translator.max_src_len = inference.max_src_len
         return translator
 
     def freeze(self) -> Translator:
@@ -139,6 +141,13 @@ class Translator:
         translations = [Translation(line) for line in lines]
         todo = [i for i, line in enumerate(lines) if line.strip()]
         src_ids = self.tokenizer.encode_src([lines[i].strip() for i in todo])
+        if self.max_src_len:
+            for number, ids in enumerate(src_ids):
+                if len(ids) > self.max_src_len:
+                    log.warning(
+                        "a line of %d pieces is cut to its first %d (--max-src-len)", len(ids), self.max_src_len
+                    )
+                    src_ids[number] = ids[: self.max_src_len]
         for i, hypotheses in zip(todo, self.search_ids(src_ids)):
             translations[i].hypotheses = hypotheses
             translations[i].texts = self.tokenizer.decode_tgt([h.tokens for h in hypotheses])

@@ -111,3 +111,6 @@ def test_a_write_killed_midway_leaves_the_previous_checkpoint_loadable(tmp_path)
     result = subprocess.run([sys.executable, "-c", script], timeout=60)
     assert result.returncode == -signal.SIGKILL
     assert load_checkpoint(path)["step"] == 1
+    assert len(list(tmp_path.glob(".last.pt.*.tmp"))) == 1  # the half-written file
+    save_checkpoint({"step": 3}, path)  # the next save clears it away
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"] and load_checkpoint(path)["step"] == 3
