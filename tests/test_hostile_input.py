@@ -7,6 +7,8 @@ The commands run in this process through their `main(argv)`, so the catalogue st
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -261,6 +263,15 @@ def _checkpoint_variant(kind: bytes, run: Path, path: Path) -> None:
         path.write_bytes(kind)
 
 
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+def test_an_unreadable_input_is_one_message(trained_run, tmp_path, capsys):
+    source = tmp_path / "in.de"
+    source.write_text(SOURCE + "\n")
+    source.chmod(0)
+    code = nmt.cli.translate.main([str(trained_run), "-i", str(source), "--device", "cpu"])
+    assert code == 2 and "Permission denied" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
 def test_hostile_input(case: Case, trained_run: Path, tmp_path: Path, capsys, caplog):
     (tmp_path / "dir").mkdir()
@@ -292,3 +303,49 @@ def test_hostile_input(case: Case, trained_run: Path, tmp_path: Path, capsys, ca
     elif case.lines_out is not None:
         assert len(out.read_text(encoding="utf-8").splitlines()) == case.lines_out
         assert case.words in captured.err + caplog.text  # warnings go through logging
+
+
+# --- commands that are their own process: nmt-train (Hydra) and nmt-serve (a server) ----------------
+BIN = Path(sys.executable).parent
+TRAIN_CASES = [
+    ("missing corpus", ["data.source=NOPE"], "does not exist"),
+    ("empty training files", ["data.source=EMPTY"], "holds no sentence pair with both sides non-empty"),
+    ("mismatched line counts", ["data.source=UNEVEN"], "lines"),
+    ("unknown key", ["train.lr_rate=0.1"], "unknown key train.lr_rate"),
+    ("bad value", ["model.dropout=1.5"], "model.dropout=1.5"),
+    ("no stopping rule", ["train.max_epochs=0"], "no stopping rule"),
+    ("resume of a run that does not exist", ["train.resume=NOPE"], "no checkpoints/last.pt there"),
+]
+
+
+@pytest.mark.parametrize("name, overrides, words", TRAIN_CASES, ids=[case[0] for case in TRAIN_CASES])
+def test_hostile_training_input(name, overrides, words, tmp_path, text_corpus):
+    places = {"NOPE": str(tmp_path / "nope"), "EMPTY": str(tmp_path / "empty"), "UNEVEN": str(tmp_path / "uneven")}
+    for corpus in ("empty", "uneven"):
+        (tmp_path / corpus).mkdir()
+        for split in ("train", "val", "test"):
+            src = b"" if corpus == "empty" else lines(*[de for de, _ in PAIRS[:10]])
+            tgt = b"" if corpus == "empty" else lines(*[en for _, en in PAIRS[:9]])
+            (tmp_path / corpus / f"{split}.de").write_bytes(src)
+            (tmp_path / corpus / f"{split}.en").write_bytes(tgt)
+    argv = [arg.replace(key, value) for arg in overrides for key, value in places.items() if key in arg] or overrides
+    if not any(arg.startswith("data.source=") for arg in argv):
+        argv.append(f"data.source={text_corpus}")
+    result = subprocess.run(
+        [str(BIN / "nmt-train"), *argv, f"hydra.run.dir={tmp_path / 'run'}", "train=smoke"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert words in output and "Traceback" not in output
+
+
+@pytest.mark.parametrize("content", [b"junk", b""], ids=["junk checkpoint", "empty checkpoint"])
+def test_hostile_serving_input(content, tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(content)
+    result = subprocess.run([str(BIN / "nmt-serve"), str(bad)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "bad.pt" in result.stderr and "Traceback" not in result.stderr

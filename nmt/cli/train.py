@@ -183,8 +183,18 @@ def _dataclass_named(annotation: Any) -> Any:
     return annotation if is_dataclass(annotation) else None
 
 
+def missing_resume_message(argv: list[str]) -> str | None:
+    """A `train.resume=RUN` without RUN/checkpoints/last.pt, before Hydra makes RUN a directory."""
+    for arg in argv:
+        if arg.startswith("train.resume=") and arg.split("=", 1)[1] not in ("", "null"):
+            run = Path(arg.split("=", 1)[1]).expanduser()
+            if not (run / "checkpoints" / "last.pt").is_file():
+                return f"nmt-train: train.resume={run}: no checkpoints/last.pt there; give a run directory of nmt-train"
+    return None
+
+
 def main() -> None:
-    message = unknown_key_message(sys.argv[1:])
+    message = unknown_key_message(sys.argv[1:]) or missing_resume_message(sys.argv[1:])
     if message:
         print(message, file=sys.stderr)
         sys.exit(2)

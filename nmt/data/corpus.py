@@ -223,6 +223,12 @@ def prepare_data(
         prefixes={"train": config.train_prefix, "validation": config.valid_prefix, "test": config.test_prefix},
         train_limit=config.train_limit,
     )
+    for split in ("train", "validation"):
+        if len(corpus[split]) == 0:
+            raise DataError(
+                f"the {split} split of {config.source} holds no sentence pair with both sides non-empty; "
+                "check the files (or data.train_prefix / data.valid_prefix)"
+            )
     if tokenizer is None:
         options = config.tokenizer
         tokenizer = Tokenizer.train(

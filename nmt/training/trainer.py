@@ -389,7 +389,7 @@ class Trainer:
         target tokens)."""
         tokens = sum(len(self.train_tgt[i]) + 1 for i in indices)  # target tokens, eos included
         loss_sum = self.backward(indices, tokens)
-        self._update()
+        self._update(indices)
         if self.average is not None:
             self.average.update(self.model)
         return loss_sum, tokens
@@ -416,7 +416,7 @@ class Trainer:
         (loss_sum * (ranks.world_size / batch_tokens)).backward()
         return loss_sum.item()
 
-    def _update(self) -> None:
+    def _update(self, indices: list[int]) -> None:
         """Clip and step, unless the gradient holds a NaN or inf (a bad batch, an overflow): then
         the update is skipped and counted, and too many in a row stop training. Every rank sees
         the same summed gradient, so every rank decides alike."""
@@ -430,10 +430,13 @@ class Trainer:
         progress.nonfinite_in_a_row += 1
         progress.nonfinite_total += 1
         log.warning(
-            "step %d: the gradient holds NaN or inf; update skipped (%d in a row, %d in all)",
+            "step %d: the gradient holds NaN or inf; update skipped (%d in a row, %d in all); the batch: "
+            "%d training pairs, the first %s",
             progress.step + 1,
             progress.nonfinite_in_a_row,
             progress.nonfinite_total,
+            len(indices),
+            indices[:5],
         )
         if progress.nonfinite_in_a_row >= cfg.max_nonfinite_steps:
             raise TrainingDiverged(
