@@ -71,23 +71,32 @@ def last_step(log: Path) -> int:
 def wait_for_target(
     process: subprocess.Popen, run: Path, log: Path, kind: str, rng: random.Random, stale: set[Path]
 ) -> str:
-    """Wait for the moment of this kind; returns what was seen (or 'ended' if the run finished)."""
+    """Wait for the moment of this kind, drawn from the seed so that the kills spread over the
+    run: the k-th checkpoint write of this attempt (k in 1..4), the k-th validation (k in 1..2),
+    or a delay after the first logged step; returns what was seen ('ended' if the run finished)."""
     checkpoints = run / "checkpoints"
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 600
     started_at = last_step(log)
-    delay = rng.uniform(3.0, 10.0)
-    begin = time.monotonic()
+    nth_write, nth_validation, delay = rng.randint(1, 4), rng.randint(1, 2), rng.uniform(0.5, 8.0)
+    writes: set[Path] = set()
+    validations: set[int] = set()
+    first_step_at = None
     while process.poll() is None and time.monotonic() < deadline:
-        # A write killed before left its temporary file: only one this process is writing counts.
-        if kind == "checkpoint write" and checkpoints.is_dir() and set(checkpoints.glob(".*.tmp")) - stale:
-            return "a temporary checkpoint file being written"
-        if kind == "validation":
-            step = last_step(log)
-            if step > started_at and step % VALIDATE_EVERY == 0:
+        if kind == "checkpoint write" and checkpoints.is_dir():
+            writes |= set(checkpoints.glob(".*.tmp")) - stale  # a killed write's file is stale
+            if len(writes) >= nth_write:
+                return f"checkpoint write {nth_write} of this attempt under way"
+        step = last_step(log)
+        if kind == "validation" and step > started_at and step % VALIDATE_EVERY == 0:
+            validations.add(step)
+            if len(validations) >= nth_validation:
                 time.sleep(0.05)
                 return f"validation of step {step}"
-        if kind == "random moment" and time.monotonic() - begin > delay:
-            return f"{delay:.2f} s after start"
+        if kind == "random moment":
+            if first_step_at is None and step > started_at:
+                first_step_at = time.monotonic()
+            if first_step_at is not None and time.monotonic() - first_step_at > delay:
+                return f"{delay:.2f} s into training"
         time.sleep(0.001)
     return "ended"
 

@@ -41,8 +41,8 @@ def test_split_batch_deals_every_pair_once_in_shares_of_nearly_equal_cost():
     assert split_batch([4], costs, 2) == [[4], []]
 
 
-# --- ranks as forked processes, as torchrun would start them ------------------------------------
-def _as_rank(function, rank: int, world_size: int, port: int) -> None:
+# --- ranks as processes of their own, as torchrun would start them ----------------------------------
+def _as_rank(function, rank: int, world_size: int, port: int, args: tuple) -> None:
     os.environ.update(
         RANK=str(rank),
         WORLD_SIZE=str(world_size),
@@ -52,15 +52,16 @@ def _as_rank(function, rank: int, world_size: int, port: int) -> None:
         MASTER_PORT=str(port),
     )
     torch.set_num_threads(1)
-    function(rank)
+    function(rank, *args)
 
 
-def run_ranks(function, world_size: int = 2, timeout: float = 120) -> None:
-    """`function(rank)` in `world_size` forked processes with torchrun's environment."""
-    context = multiprocessing.get_context("fork")
+def run_ranks(function, *args, world_size: int = 2, timeout: float = 180) -> None:
+    """`function(rank, *args)` in `world_size` fresh processes with torchrun's environment.
+    Spawned, not forked: a fork of this test process inherits its threads and their locks."""
+    context = multiprocessing.get_context("spawn")
     port = free_port()
     processes = [
-        context.Process(target=_as_rank, args=(function, rank, world_size, port)) for rank in range(world_size)
+        context.Process(target=_as_rank, args=(function, rank, world_size, port, args)) for rank in range(world_size)
     ]
     for process in processes:
         process.start()
@@ -73,25 +74,30 @@ def run_ranks(function, world_size: int = 2, timeout: float = 120) -> None:
     assert codes == [0] * world_size, f"ranks exited with {codes}"
 
 
+def _gradients(rank: int, config, tokenizer_state: dict, out: Path) -> None:
+    ranks = Ranks.from_environment()
+    tokenizer, corpus = prepare_data(config.data, Tokenizer.from_state(tokenizer_state), num_threads=1)
+    with process_group(ranks, CPU, timeout_s=60):
+        trainer = Trainer(config, out / f"run{ranks.world_size}", tokenizer, corpus, CPU, ranks)
+        batch = trainer.batcher.epoch_batches(0)[0]
+        tokens = sum(len(trainer.train_tgt[i]) + 1 for i in batch)
+        loss_sum = trainer.backward(batch, tokens)
+        grads = [parameter.grad.clone() for parameter in trainer.model.parameters()]
+        torch.save((loss_sum, grads), out / f"rank{rank}_of{ranks.world_size}.pt")
+
+
+def _train(rank: int, config, run_dir: Path) -> None:
+    run_training(config, run_dir)
+
+
 def test_two_ranks_sum_to_the_one_process_gradient(text_corpus, tmp_path):
     """Without dropout, DDP's sum of the ranks' shares is the whole batch's gradient, and each
     share's loss is divided by the whole batch's tokens, not its own."""
     config = tiny_config(text_corpus, clip_norm=0.0)
     config.model.dropout = 0.0
-    tokenizer, corpus = prepare_data(config.data, None, num_threads=1)
-
-    def gradients(rank: int = 0) -> None:
-        ranks = Ranks.from_environment()
-        with process_group(ranks, CPU, timeout_s=60):
-            trainer = Trainer(config, tmp_path / f"run{ranks.world_size}", tokenizer, corpus, CPU, ranks)
-            batch = trainer.batcher.epoch_batches(0)[0]
-            tokens = sum(len(trainer.train_tgt[i]) + 1 for i in batch)
-            loss_sum = trainer.backward(batch, tokens)
-            grads = [parameter.grad.clone() for parameter in trainer.model.parameters()]
-            torch.save((loss_sum, grads), tmp_path / f"rank{rank}_of{ranks.world_size}.pt")
-
-    gradients()
-    run_ranks(gradients, world_size=2)
+    tokenizer, _ = prepare_data(config.data, None, num_threads=1)
+    _gradients(0, config, tokenizer.state(), tmp_path)
+    run_ranks(_gradients, config, tokenizer.state(), tmp_path)
     loss_one, grads_one = torch.load(tmp_path / "rank0_of1.pt")
     shares = [torch.load(tmp_path / f"rank{rank}_of2.pt") for rank in range(2)]
     assert sum(loss for loss, _ in shares) == pytest.approx(loss_one, rel=1e-5)
@@ -120,18 +126,19 @@ def test_a_two_rank_run_trains_the_one_process_model(text_corpus, tmp_path):
     config = tiny_config(text_corpus, max_steps=50, validate_every=50, save_every=50)
     config.model.dropout = 0.0
     run_training(config, tmp_path / "one")
-    run_ranks(lambda rank: run_training(config, tmp_path / "two"), world_size=2)
+    run_ranks(_train, config, tmp_path / "two")
     one, two = (tmp_path / name / "checkpoints" / "last.pt" for name in ("one", "two"))
     assert load_checkpoint(two)["progress"]["step"] == 50
     assert _mean_loss(two, config) == pytest.approx(_mean_loss(one, config), abs=1e-4)
 
 
+@pytest.mark.slow
 def test_ranks_resume_exactly_with_their_dropout(text_corpus, tmp_path):
     """A rank's dropout draws depend on the step, not on when the run started."""
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    run_ranks(lambda rank: run_training(tiny_config(text_corpus, max_steps=12), straight))
-    run_ranks(lambda rank: run_training(tiny_config(text_corpus, max_steps=6), interrupted))
-    run_ranks(lambda rank: run_training(tiny_config(text_corpus, max_steps=12, resume=str(interrupted)), interrupted))
+    run_ranks(_train, tiny_config(text_corpus, max_steps=12), straight)
+    run_ranks(_train, tiny_config(text_corpus, max_steps=6), interrupted)
+    run_ranks(_train, tiny_config(text_corpus, max_steps=12, resume=str(interrupted)), interrupted)
     a = load_checkpoint(straight / "checkpoints" / "last.pt")["model"]
     b = load_checkpoint(interrupted / "checkpoints" / "last.pt")["model"]
     for name, weight in a.items():
@@ -200,6 +207,7 @@ def test_train_processes_starts_ranks_that_write_one_run(text_corpus, tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["run", "text"]  # no run of another rank
 
 
+@pytest.mark.slow
 def test_a_killed_two_rank_run_resumes_on_one_and_on_two_ranks(text_corpus, tmp_path):
     steps = ["train.max_steps=60", "train.save_every=10", "train.validate_every=60"]
     straight = tmp_path / "straight"
@@ -321,7 +329,9 @@ def test_the_launcher_names_the_rank_that_failed_first_not_the_ranks_that_lost_i
     assert describe_failures({0: failure(2), 1: failure(2)})[1] == 2  # a user error every rank has reported
 
 
-@pytest.mark.parametrize("stop_signal, exit_code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize(
+    "stop_signal, exit_code", [pytest.param(signal.SIGTERM, 143, marks=pytest.mark.slow), (signal.SIGINT, 130)]
+)
 def test_a_signal_stops_every_rank_after_the_same_step_and_the_run_resumes(
     text_corpus, tmp_path, stop_signal, exit_code
 ):

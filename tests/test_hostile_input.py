@@ -307,18 +307,19 @@ def test_hostile_input(case: Case, trained_run: Path, tmp_path: Path, capsys, ca
 
 # --- commands that are their own process: nmt-train (Hydra) and nmt-serve (a server) ----------------
 BIN = Path(sys.executable).parent
+SLOW = pytest.mark.slow  # a whole nmt-train start each: the fast run keeps two of them
 TRAIN_CASES = [
-    ("missing corpus", ["data.source=NOPE"], "does not exist"),
-    ("empty training files", ["data.source=EMPTY"], "holds no sentence pair with both sides non-empty"),
-    ("mismatched line counts", ["data.source=UNEVEN"], "lines"),
-    ("unknown key", ["train.lr_rate=0.1"], "unknown key train.lr_rate"),
-    ("bad value", ["model.dropout=1.5"], "model.dropout=1.5"),
-    ("no stopping rule", ["train.max_epochs=0"], "no stopping rule"),
-    ("resume of a run that does not exist", ["train.resume=NOPE"], "no checkpoints/last.pt there"),
+    pytest.param("missing corpus", ["data.source=NOPE"], "does not exist", marks=SLOW),
+    pytest.param("empty training files", ["data.source=EMPTY"], "holds no sentence pair with both sides non-empty"),
+    pytest.param("mismatched line counts", ["data.source=UNEVEN"], "lines", marks=SLOW),
+    pytest.param("unknown key", ["train.lr_rate=0.1"], "unknown key train.lr_rate"),
+    pytest.param("bad value", ["model.dropout=1.5"], "model.dropout=1.5", marks=SLOW),
+    pytest.param("no stopping rule", ["train.max_epochs=0"], "no stopping rule", marks=SLOW),
+    pytest.param("resume of a run that does not exist", ["train.resume=NOPE"], "no checkpoints/last.pt there"),
 ]
 
 
-@pytest.mark.parametrize("name, overrides, words", TRAIN_CASES, ids=[case[0] for case in TRAIN_CASES])
+@pytest.mark.parametrize("name, overrides, words", TRAIN_CASES, ids=[case.values[0] for case in TRAIN_CASES])
 def test_hostile_training_input(name, overrides, words, tmp_path, text_corpus):
     places = {"NOPE": str(tmp_path / "nope"), "EMPTY": str(tmp_path / "empty"), "UNEVEN": str(tmp_path / "uneven")}
     for corpus in ("empty", "uneven"):

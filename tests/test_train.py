@@ -171,6 +171,7 @@ def test_overfit_a_few_pairs_and_translate_them_back(tmp_path):
     assert translated.stdout.split("\n")[:-1] == [en for _, en in pairs] + [""]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_finishes(text_corpus, tmp_path):
     run = tmp_path / "run"
     common = (
@@ -301,7 +302,9 @@ def test_annealing_and_plateau_decay_together_are_refused():
         TrainConfig(lr_anneal=0.3, lr_decay_factor=0.5)
 
 
-@pytest.mark.parametrize("stop_signal, exit_code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize(
+    "stop_signal, exit_code", [(signal.SIGTERM, 143), pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow)]
+)
 def test_a_signal_stops_training_after_a_step_and_the_resumed_run_equals_an_uninterrupted_one(
     text_corpus, tmp_path, stop_signal, exit_code
 ):
