@@ -32,19 +32,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_option_flags(parser, InferenceOptions, "model", exclude=("workers",))  # one process, search threads
     engine = parser.add_argument_group("batching across requests")
     for spec in fields(EngineSettings):
-        _flag(engine, spec.name, spec.default)
+        _flag(engine, spec)
     limits = parser.add_argument_group("limits (beyond them: 400, 413 or 504)")
     for spec in fields(Limits):
-        _flag(limits, spec.name, spec.default)
+        _flag(limits, spec)
     return parser.parse_args(argv)
 
 
-def _flag(group, name: str, default) -> None:
-    flag = "--" + name.replace("_", "-")
+def _flag(group, spec) -> None:
+    flag, default = "--" + spec.name.replace("_", "-"), spec.default
+    help_text = f"{spec.metadata.get('help', '')} (default: %(default)s)"
     if isinstance(default, bool):
-        group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help="(default: %(default)s)")
+        group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
     else:
-        group.add_argument(flag, type=type(default), default=default, help="(default: %(default)s)")
+        group.add_argument(flag, type=type(default), default=default, help=help_text)
 
 
 def main(argv: list[str] | None = None) -> int:

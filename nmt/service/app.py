@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nmt.checkpoint import CheckpointError
 from nmt.config import ConfigError, InferenceOptions, SearchOptions
-from nmt.service.engine import Engine, Expired, LoadedModel, QueueFull, WorkerLost, translation_dict
+from nmt.service.engine import Engine, Expired, LoadedModel, QueueFull, WorkerLost, setting, translation_dict
 from nmt.service.inspect import inspect_payload
 from nmt.service.schemas import (
     InspectRequest,
@@ -42,12 +42,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Limits:
-    max_body_bytes: int = 1 << 20
-    max_segments: int = 64  # per request
-    max_chars: int = 2000  # per segment
-    max_beam: int = 16
-    max_nbest: int = 16
-    timeout_s: float = 30.0  # a request not answered by then gets 504
+    max_body_bytes: int = setting(1 << 20, "largest request body in bytes (beyond: 413)")
+    max_segments: int = setting(64, "segments per request (beyond: 400)")
+    max_chars: int = setting(2000, "characters per segment (beyond: 400)")
+    max_beam: int = setting(16, "largest beam a request may ask for (beyond: 400)")
+    max_nbest: int = setting(16, "largest nbest a request may ask for (beyond: 400)")
+    timeout_s: float = setting(30.0, "seconds from a request's arrival to its answer (beyond: 504)")
 
 
 class ServiceError(Exception):

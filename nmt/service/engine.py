@@ -48,6 +48,11 @@ log = logging.getLogger(__name__)
 LINE_BREAKS = re.compile(r"\r\n|[\r\n\u2028\u2029\x85]")
 
 
+def setting(default: Any, help: str) -> Any:
+    """A field with the help text of its nmt-serve flag."""
+    return field(default=default, metadata={"help": help})
+
+
 class QueueFull(RuntimeError):
     """More segments are waiting than the service holds: the client should retry later."""
 
@@ -70,12 +75,12 @@ Outcome = tuple[list[str], list[float]]
 
 @dataclass(frozen=True)
 class EngineSettings:
-    max_wait_ms: float = 5.0  # how long the first request waits for others to share its batch
-    queue_segments: int = 1024  # segments waiting at most; beyond, requests are refused (503)
-    batching: bool = True  # off: every request is searched alone
-    # Processes searching side by side on the CPU, one thread each (0: one per core on Linux;
-    # 1: search in the server's own process, with every core).
-    workers: int = 0
+    max_wait_ms: float = setting(5.0, "how long the first request waits for others to share its batch (ms)")
+    queue_segments: int = setting(1024, "segments waiting at most; beyond, requests are refused with 503")
+    batching: bool = setting(True, "search concurrent requests together (off: each alone)")
+    workers: int = setting(
+        0, "processes searching side by side, one thread each (0: one per core on Linux; 1: in this process)"
+    )
 
 
 @dataclass
