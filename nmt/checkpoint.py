@@ -85,6 +85,44 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     return payload
 
 
+def step_checkpoint_name(step: int) -> str:
+    return f"step_{step:07d}.pt"
+
+
+def step_checkpoints(directory: Path) -> list[Path]:
+    """A run's kept validation checkpoints (train.keep_checkpoints), oldest first."""
+    return sorted(directory.glob("step_*.pt"))
+
+
+def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
+    """One checkpoint whose weights are the mean of these checkpoints' (the translation weights,
+    `model`), with the config and tokenizer they share. Refused (CheckpointError) when they come
+    from different models or vocabularies."""
+    if not paths:
+        raise CheckpointError("no checkpoints to average")
+    first = load_checkpoint(paths[0])
+    total = {name: weight.double() for name, weight in first["model"].items()}
+    for path in paths[1:]:
+        payload = load_checkpoint(path)
+        if payload["config"].get("model") != first["config"].get("model"):
+            raise CheckpointError(f"{path} is of another model than {paths[0]}: only one model's checkpoints average")
+        if payload["tokenizer"] != first["tokenizer"]:
+            raise CheckpointError(f"{path} has another vocabulary than {paths[0]}: they cannot be averaged")
+        if payload["model"].keys() != total.keys():
+            raise CheckpointError(f"{path} holds other weights than {paths[0]}")
+        for name, weight in payload["model"].items():
+            total[name] += weight.double()
+    model = {name: (weight / len(paths)).to(first["model"][name].dtype) for name, weight in total.items()}
+    progress = first.get("progress", {})
+    return {
+        "config": first["config"],
+        "tokenizer": first["tokenizer"],
+        "model": model,
+        "progress": progress,
+        "averaged_from": [str(path) for path in paths],
+    }
+
+
 def _first_line(error: Exception | str) -> str:
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__

@@ -294,6 +294,9 @@ class TrainConfig:
     valid_search: SearchOptions = field(default_factory=lambda: SearchOptions(beam_size=1))
     valid_attention_plots: int = 3  # validation sentences whose attention goes to TensorBoard
     valid_gate_plots: bool = True  # every layer's gates on the first validation sentence, too
+    # Keep the weights of the last K validations as checkpoints/step_NNNNNNN.pt, for nmt-average
+    # (0: none).
+    keep_checkpoints: int = 0
     # Updates with a NaN or inf gradient are skipped; this many in a row stop training.
     max_nonfinite_steps: int = 5
     # A run directory to continue from its checkpoints/last.pt.
@@ -334,6 +337,7 @@ class TrainConfig:
         _check_positive("train.max_minutes", self.max_minutes, allow_zero=True)
         _check_positive("train.log_every", self.log_every)
         _check_positive("train.max_nonfinite_steps", self.max_nonfinite_steps)
+        _check_positive("train.keep_checkpoints", self.keep_checkpoints, allow_zero=True)
         _check(
             self.max_epochs or self.max_steps or self.max_minutes,
             "no stopping rule: set train.max_epochs, train.max_steps or train.max_minutes",

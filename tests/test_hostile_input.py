@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from helpers import PAIRS
 
+import nmt.cli.average
 import nmt.cli.evaluate
 import nmt.cli.inspect
 import nmt.cli.translate
@@ -234,6 +235,32 @@ CASES = [
         "empty",
     ),
     Case("evaluate: bad beam", "evaluate", ["RUN", "--split", "test", "--beam", "0"], {}, 2, "beam_size=0"),
+    # --- averaging ---
+    Case("average: missing checkpoint", "average", ["nope.pt", "-o", "OUT"], {}, 2, "no checkpoint at"),
+    Case(
+        "average: junk checkpoint",
+        "average",
+        ["CKPT", "CKPT", "-o", "OUT"],
+        {"ckpt.pt": b"junk"},
+        2,
+        "not a readable nmt checkpoint",
+    ),
+    Case(
+        "average: --last without kept checkpoints",
+        "average",
+        ["RUN", "--last", "3", "-o", "OUT"],
+        {},
+        2,
+        "fewer than --last 3",
+    ),
+    Case(
+        "average: output directory missing",
+        "average",
+        ["RUN/checkpoints/best.pt", "-o", "missing/out.en"],
+        {},
+        2,
+        "does not exist",
+    ),
     # --- inspection ---
     Case("inspect: missing checkpoint", "inspect", ["nope.pt", SOURCE, "-o", "DIR"], {}, 2, "does not exist"),
     Case("inspect: empty sentence", "inspect", ["RUN", "   ", "-o", "DIR"], {}, 2, "empty"),
@@ -285,10 +312,16 @@ def test_hostile_input(case: Case, trained_run: Path, tmp_path: Path, capsys, ca
     names = {"RUN": trained_run, "IN": tmp_path / "in.de", "OUT": out, "REF": tmp_path / "ref.en"}
     names |= {"DIR": tmp_path / "dir", "CKPT": tmp_path / "ckpt.pt"}
     argv = [str(names.get(arg, arg)) for arg in case.argv]
-    argv = [str(tmp_path / arg) if arg in ("nope.de", "nope.en", "missing/out.en") else arg for arg in argv]
+    argv = [arg.replace("RUN/", f"{trained_run}/") for arg in argv]
+    argv = [str(tmp_path / arg) if arg in ("nope.de", "nope.en", "nope.pt", "missing/out.en") else arg for arg in argv]
     if case.command == "translate":
         argv += ["--device", "cpu", "--workers", "1", "--no-progress"]
-    main = {"translate": nmt.cli.translate.main, "evaluate": nmt.cli.evaluate.main, "inspect": nmt.cli.inspect.main}
+    main = {
+        "translate": nmt.cli.translate.main,
+        "evaluate": nmt.cli.evaluate.main,
+        "inspect": nmt.cli.inspect.main,
+        "average": nmt.cli.average.main,
+    }
     try:
         code = main[case.command](argv)
     except SystemExit as exit:  # argparse's own refusals

@@ -24,7 +24,14 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from nmt.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
+from nmt.checkpoint import (
+    BEST,
+    LAST,
+    load_checkpoint,
+    save_checkpoint,
+    step_checkpoint_name,
+    step_checkpoints,
+)
 from nmt.config import Config, TrainConfig
 from nmt.data.batching import Batch, collate, make_batcher, pack_targets, token_budget_batches
 from nmt.data.corpus import prepare_data
@@ -229,13 +236,20 @@ class Trainer:
                 payload["rng"]["cuda"] = torch.cuda.get_rng_state_all()
         return payload
 
-    def save(self, best: bool = False) -> None:
-        """Rank 0 writes; the other ranks hold the same weights and state."""
+    def save(self, best: bool = False, validated: bool = False) -> None:
+        """Rank 0 writes; the other ranks hold the same weights and state. At a validation with
+        `train.keep_checkpoints` K, the weights are also kept as step_NNNNNNN.pt, the last K of
+        them (what `nmt-average RUN --last K` averages)."""
         if not self.ranks.is_main:
             return
         save_checkpoint(self._payload(full=True), self.checkpoint_dir / LAST)
         if best:
             save_checkpoint(self._payload(full=False), self.checkpoint_dir / BEST)
+        keep = self.train_config.keep_checkpoints
+        if validated and keep:
+            save_checkpoint(self._payload(full=False), self.checkpoint_dir / step_checkpoint_name(self.progress.step))
+            for old in step_checkpoints(self.checkpoint_dir)[:-keep]:
+                old.unlink(missing_ok=True)
 
     def restore(self, payload: dict) -> None:
         """Continue from a `last.pt` payload: weights, optimizer, scheduler, RNG, data position."""
@@ -513,7 +527,7 @@ class Trainer:
             self.progress.validations_since_best = 0
         else:
             self.progress.validations_since_best += 1
-        self.save(best=improved)
+        self.save(best=improved, validated=True)
         if self.writer is not None:
             with self._averaged():
                 self._plot_attention(step)

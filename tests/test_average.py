@@ -1,0 +1,63 @@
+"""Checkpoint averaging: training keeps its last validation checkpoints, and nmt-average writes
+their mean as a normal checkpoint; checkpoints of different models or vocabularies are refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import PAIRS, SPLITS, tiny_config, write_lines
+
+import nmt.cli.average
+from nmt.checkpoint import load_checkpoint, save_checkpoint
+from nmt.training.trainer import run_training
+from nmt.translation import Translator
+
+
+@pytest.fixture(scope="module")
+def kept_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("kept")
+    for split, pairs in SPLITS.items():
+        write_lines(root / f"{split}.de", [de for de, _ in pairs])
+        write_lines(root / f"{split}.en", [en for _, en in pairs])
+    run = root / "run"
+    run_training(tiny_config(root, max_steps=12, validate_every=4, keep_checkpoints=2), run)
+    return run
+
+
+def test_training_keeps_the_last_k_validation_checkpoints(kept_run):
+    kept = sorted(path.name for path in (kept_run / "checkpoints").glob("step_*.pt"))
+    assert kept == ["step_0000008.pt", "step_0000012.pt"]
+
+
+def test_the_average_of_the_last_k_is_their_mean_and_translates(kept_run, tmp_path):
+    out = tmp_path / "avg.pt"
+    assert nmt.cli.average.main([str(kept_run), "--last", "2", "-o", str(out)]) == 0
+    a, b = (
+        load_checkpoint(kept_run / "checkpoints" / name)["model"] for name in ("step_0000008.pt", "step_0000012.pt")
+    )
+    averaged = load_checkpoint(out)
+    for name, weight in averaged["model"].items():
+        torch.testing.assert_close(weight, (a[name] + b[name]) / 2)
+    assert len(averaged["averaged_from"]) == 2
+    translator = Translator.load(out, beam_size=2, device="cpu", workers=1)
+    assert translator.translate([PAIRS[0][0]])[0]
+    listed = tmp_path / "listed.pt"
+    paths = [str(kept_run / "checkpoints" / name) for name in ("step_0000008.pt", "step_0000012.pt")]
+    assert nmt.cli.average.main([*paths, "-o", str(listed)]) == 0
+    assert all(torch.equal(load_checkpoint(listed)["model"][n], w) for n, w in averaged["model"].items())
+
+
+def test_checkpoints_of_another_model_or_vocabulary_are_refused(kept_run, tmp_path, capsys):
+    mine = kept_run / "checkpoints" / "step_0000012.pt"
+    payload = load_checkpoint(mine)
+    other_model = dict(payload, config={**payload["config"], "model": {**payload["config"]["model"], "embed_dim": 8}})
+    save_checkpoint(other_model, tmp_path / "other_model.pt")
+    other_vocab = dict(payload, tokenizer={**payload["tokenizer"], "output_pieces": [0, 1, 2, 3]})
+    save_checkpoint(other_vocab, tmp_path / "other_vocab.pt")
+    for other, words in (("other_model.pt", "another model"), ("other_vocab.pt", "another vocabulary")):
+        out = tmp_path / f"from_{other}"
+        assert nmt.cli.average.main([str(mine), str(tmp_path / other), "-o", str(out)]) == 2
+        error = capsys.readouterr().err
+        assert words in error and "Traceback" not in error and not out.exists()
+    assert nmt.cli.average.main([str(kept_run), "--last", "5", "-o", str(tmp_path / "x.pt")]) == 2
+    assert "keeps 2 step checkpoints, fewer than --last 5" in capsys.readouterr().err
