@@ -36,11 +36,16 @@ def bleu(hypotheses: list[str], references: list[str]) -> Score:
     return Score("BLEU", result.score, str(metric.get_signature()))
 
 
-def corpus_scores(hypotheses: list[str], references: list[str]) -> list[Score]:
-    """BLEU, chrF and TER, each with its signature."""
+def corpus_scores(hypotheses: list[str], references: list[str], lowercase_bleu: bool = False) -> list[Score]:
+    """BLEU, chrF and TER, each with its signature; with `lowercase_bleu` also the lowercased
+    13a BLEU that most Multi30k papers report, as "BLEU-lc" (its signature says case:lc)."""
     _check_lengths(hypotheses, references)
     scores = []
     for metric in (BLEU(), CHRF(), TER()):
         result = metric.corpus_score(hypotheses, [references])
         scores.append(Score(result.name, result.score, str(metric.get_signature())))
+    if lowercase_bleu:
+        metric = BLEU(lowercase=True)
+        result = metric.corpus_score(hypotheses, [references])
+        scores.append(Score("BLEU-lc", result.score, str(metric.get_signature())))
     return scores

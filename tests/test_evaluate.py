@@ -74,3 +74,20 @@ def test_user_errors_are_one_line(tmp_path):
     assert uneven.returncode == 2 and "2 hypotheses but 1 references" in uneven.stderr
     usage = run("--hyp", str(tmp_path / "a"))
     assert usage.returncode == 2 and "need --ref" in usage.stderr
+
+
+def test_the_lowercased_bleu_comes_on_request_labelled_with_its_signature(tmp_path, capsys):
+    import nmt.cli.evaluate
+
+    hyp, ref = tmp_path / "hyp.en", tmp_path / "ref.en"
+    hyp.write_text("A Dog runs through the Snow .\nTwo Men talk .\n")
+    ref.write_text("a dog runs through the snow .\ntwo men talk .\n")
+    assert nmt.cli.evaluate.main(["--hyp", str(hyp), "--ref", str(ref), "--lowercase-bleu"]) == 0
+    out = capsys.readouterr().out
+    header, _, row = out.splitlines()[:3]
+    assert "| BLEU | BLEU-lc |" in header
+    cased, lowercased = (float(cell) for cell in row.split("|")[5:7])
+    assert lowercased == 100.0 and cased < 100.0
+    assert "BLEU-lc: nrefs:1|case:lc|" in out and "BLEU: nrefs:1|case:mixed|" in out
+    assert nmt.cli.evaluate.main(["--hyp", str(hyp), "--ref", str(ref)]) == 0
+    assert "BLEU-lc" not in capsys.readouterr().out  # only on request

@@ -51,7 +51,7 @@ def evaluate_model(
     started = time.perf_counter()
     hypotheses = translator.translate(sources)
     seconds = time.perf_counter() - started
-    scores = corpus_scores(hypotheses, references)
+    scores = corpus_scores(hypotheses, references, args.lowercase_bleu)
     evaluation = Evaluation(str(checkpoint), split, search_options.beam_size, len(sources), scores, seconds)
     out_dir = _results_dir(checkpoint)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -97,15 +97,18 @@ def sacrebleu_testset(name: str, langpair: str) -> tuple[list[str], list[str]]:
 
 
 def format_table(evaluations: list[Evaluation]) -> str:
+    lowercased = any(s.name == "BLEU-lc" for e in evaluations for s in e.scores)
+    extra = " BLEU-lc |" if lowercased else ""
     lines = [
-        "| model | split | beam | sentences | BLEU | chrF | TER | sentences/s |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| model | split | beam | sentences | BLEU |{extra} chrF | TER | sentences/s |",
+        "| --- | --- | ---: | ---: | ---: |" + (" ---: |" if lowercased else "") + " ---: | ---: | ---: |",
     ]
     for e in evaluations:
         scores = {s.name: s.score for s in e.scores}
         speed = f"{e.sentences_per_s:.1f}" if e.sentences_per_s else "-"
+        lc = f" {scores['BLEU-lc']:.2f} |" if lowercased else ""
         lines.append(
-            f"| {e.name} | {e.split} | {e.beam} | {e.sentences} | {scores['BLEU']:.2f} | "
+            f"| {e.name} | {e.split} | {e.beam} | {e.sentences} | {scores['BLEU']:.2f} |{lc} "
             f"{scores['chrF2']:.2f} | {scores['TER']:.2f} | {speed} |"
         )
     signatures = {f"{s.name}: {s.signature}" for e in evaluations for s in e.scores}
@@ -122,6 +125,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--hyp", help="translations to score (no model needed)")
     parser.add_argument("--testset", help="a sacrebleu test set name, e.g. wmt16 (sacrebleu downloads it)")
     parser.add_argument("--langpair", help="with --testset: e.g. de-en (default: the run's languages)")
+    parser.add_argument(
+        "--lowercase-bleu",
+        action="store_true",
+        help="also the lowercased BLEU most Multi30k papers report (BLEU-lc, with its signature)",
+    )
     add_option_flags(parser, SearchOptions, "search")
     add_option_flags(parser, InferenceOptions, "inference")
     args = parser.parse_args(argv)
@@ -138,7 +146,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def evaluations(args: argparse.Namespace) -> list[Evaluation]:
     if args.hyp:
         hypotheses, references = read_lines(Path(args.hyp)), read_lines(Path(args.ref))
-        return [Evaluation(args.hyp, Path(args.ref).name, 0, len(hypotheses), corpus_scores(hypotheses, references))]
+        scores = corpus_scores(hypotheses, references, args.lowercase_bleu)
+        return [Evaluation(args.hyp, Path(args.ref).name, 0, len(hypotheses), scores)]
     results = []
     for run_or_checkpoint in args.checkpoints:
         checkpoint = resolve_checkpoint(run_or_checkpoint)
