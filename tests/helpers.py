@@ -98,6 +98,23 @@ def random_batch(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch
     return pad(rows), torch.tensor(lengths)
 
 
+def toy_cli_overrides(corpus: Path) -> list[str]:
+    """nmt-train's overrides for tiny_config's data and model on the toy corpus (command-line tests)."""
+    return [
+        f"data.source={corpus}",
+        "data.name=toy",
+        "data.tokenizer.vocab_size=80",
+        "model.embed_dim=16",
+        "model.encoder.hidden_size=16",
+        "model.encoder.num_layers=1",
+        "model.decoder.hidden_size=32",
+        "model.decoder.num_layers=1",
+        "train.batch_tokens=300",
+        "train.max_epochs=0",
+        "train.num_threads=1",
+    ]
+
+
 def tiny_config(source: Path, **train) -> Config:
     train_options = dict(
         batch_tokens=300,

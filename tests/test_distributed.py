@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import free_port, tiny_config
+from helpers import free_port, tiny_config, toy_cli_overrides
 
 from nmt.checkpoint import load_checkpoint
 from nmt.data.batching import collate
@@ -148,18 +148,8 @@ def test_ranks_resume_exactly_with_their_dropout(text_corpus, tmp_path):
 # --- the command line: train.processes, torchrun, faults ----------------------------------------
 def toy_overrides(corpus: Path, run: Path, *extra: str) -> list[str]:
     return [
-        f"data.source={corpus}",
-        "data.name=toy",
-        "data.tokenizer.vocab_size=80",
-        "model.embed_dim=16",
-        "model.encoder.hidden_size=16",
-        "model.encoder.num_layers=1",
-        "model.decoder.hidden_size=32",
-        "model.decoder.num_layers=1",
+        *toy_cli_overrides(corpus),
         "model.dropout=0.0",
-        "train.batch_tokens=300",
-        "train.max_epochs=0",
-        "train.num_threads=1",
         "train.valid_attention_plots=0",
         "train.valid_gate_plots=false",
         f"hydra.run.dir={run}",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import PAIRS, tiny_config, write_lines
+from helpers import PAIRS, tiny_config, toy_cli_overrides, write_lines
 
 from nmt.checkpoint import load_checkpoint, save_checkpoint
 from nmt.config import (
@@ -175,20 +175,10 @@ def test_overfit_a_few_pairs_and_translate_them_back(tmp_path):
 def test_sigkill_mid_run_then_resume_finishes(text_corpus, tmp_path):
     run = tmp_path / "run"
     common = (
-        f"data.source={text_corpus}",
-        "data.name=toy",
-        "data.tokenizer.vocab_size=80",
-        "model.embed_dim=16",
-        "model.encoder.hidden_size=16",
-        "model.encoder.num_layers=1",
-        "model.decoder.hidden_size=32",
-        "model.decoder.num_layers=1",
-        "train.batch_tokens=300",
-        "train.max_epochs=0",
+        *toy_cli_overrides(text_corpus),
         "train.max_steps=400",
         "train.save_every=5",
         "train.validate_every=200",
-        "train.num_threads=1",
     )
     process = nmt_train(*common, f"hydra.run.dir={run}", cwd=tmp_path)
     last = run / "checkpoints" / "last.pt"
@@ -309,19 +299,9 @@ def test_a_signal_stops_training_after_a_step_and_the_resumed_run_equals_an_unin
     text_corpus, tmp_path, stop_signal, exit_code
 ):
     common = (
-        f"data.source={text_corpus}",
-        "data.name=toy",
-        "data.tokenizer.vocab_size=80",
-        "model.embed_dim=16",
-        "model.encoder.hidden_size=16",
-        "model.encoder.num_layers=1",
-        "model.decoder.hidden_size=32",
-        "model.decoder.num_layers=1",
-        "train.batch_tokens=300",
-        "train.max_epochs=0",
+        *toy_cli_overrides(text_corpus),
         "train.save_every=100000",
         "train.validate_every=100000",
-        "train.num_threads=1",
         "train.processes=1",
     )
     run = tmp_path / "run"

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from dataclasses import fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import datasets
 import hydra
@@ -28,13 +28,6 @@ from nmt.checkpoint import CheckpointError
 from nmt.config import (
     Config,
     ConfigError,
-    DataConfig,
-    DecoderConfig,
-    EncoderConfig,
-    ModelConfig,
-    SearchOptions,
-    TokenizerConfig,
-    TrainConfig,
     register_configs,
     to_config,
 )
@@ -58,19 +51,6 @@ log = logging.getLogger(__name__)
 
 CONFIG_PACKAGE = "pkg://nmt.conf"
 GROUPS = ("data", "model", "train")
-CONFIG_CLASSES = {
-    cls.__name__: cls
-    for cls in (
-        Config,
-        DataConfig,
-        TokenizerConfig,
-        ModelConfig,
-        EncoderConfig,
-        DecoderConfig,
-        TrainConfig,
-        SearchOptions,
-    )
-}
 # Hydra's options that choose the config itself: the processes must compose the same one.
 CONFIG_FLAGS = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")
 
@@ -171,16 +151,8 @@ def unknown_key_message(argv: list[str]) -> str | None:
                 close = difflib.get_close_matches(part, names, n=1)
                 hint = f" (did you mean {'.'.join([*parts[:depth], close[0]])}?)" if close else ""
                 return f"nmt-train: unknown key {key}{hint}; {where} has: {', '.join(names)}"
-            node = next(f.type for f in fields(node) if f.name == part)
-            node = _dataclass_named(node)
+            node = get_type_hints(node)[part]  # a nested dataclass, or a plain type: nothing below
     return None
-
-
-def _dataclass_named(annotation: Any) -> Any:
-    """The dataclass a field's annotation names (annotations are strings here)."""
-    if isinstance(annotation, str):
-        return CONFIG_CLASSES.get(annotation.split("|")[0].strip())
-    return annotation if is_dataclass(annotation) else None
 
 
 def missing_resume_message(argv: list[str]) -> str | None:

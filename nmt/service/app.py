@@ -39,6 +39,9 @@ from nmt.service.schemas import (
 
 log = logging.getLogger(__name__)
 
+# What a checkpoint that fails to load raises: the old model goes on serving.
+RELOAD_ERRORS = (CheckpointError, ConfigError, OSError, ValueError, RuntimeError)
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -85,7 +88,7 @@ def create_app(engine: Engine, inference: InferenceOptions, limits: Limits) -> F
     async def _reload_logged(checkpoint: str | None) -> None:
         try:
             await run_in_threadpool(engine.reload, checkpoint, inference)
-        except (CheckpointError, ConfigError, OSError, ValueError, RuntimeError) as error:
+        except RELOAD_ERRORS as error:
             log.error("reload failed, the old model goes on serving: %s", error)
 
     @app.exception_handler(ServiceError)
@@ -178,7 +181,7 @@ def create_app(engine: Engine, inference: InferenceOptions, limits: Limits) -> F
         checkpoint = request.checkpoint if request else None
         try:
             loaded: LoadedModel = await run_in_threadpool(engine.reload, checkpoint, inference)
-        except (CheckpointError, ConfigError, OSError, ValueError, RuntimeError) as error:
+        except RELOAD_ERRORS as error:
             raise ServiceError(422, f"not loaded, the old model goes on serving: {error}", field="checkpoint") from None
         return loaded.info
 

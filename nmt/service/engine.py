@@ -204,14 +204,12 @@ class Engine:
         self._loaded = loaded
         translator = loaded.translator
         self.workers = resolve_workers(settings.workers) if translator.device.type == "cpu" and can_fork() else 1
-        self.forks = self.workers > 1
         self._swap = threading.Lock()
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._waiting = 0  # segments queued, not yet taken by a search thread
         self._count = threading.Lock()
         self._threads: list[threading.Thread] = []
         self.batches = 0  # search calls made, for the logs and the tests
-        self.segments = 0
 
     @property
     def loaded(self) -> LoadedModel:
@@ -219,7 +217,7 @@ class Engine:
             return self._loaded
 
     def start(self) -> None:
-        if self.forks:
+        if self.workers > 1:
             self._loaded.start_workers(self.workers)
         for number in range(self.workers):
             thread = threading.Thread(target=self._run, name=f"nmt-search-{number}", daemon=True)
@@ -253,7 +251,7 @@ class Engine:
         """Load a checkpoint (default: the one serving) and swap it in; on failure the old one
         goes on serving and the error is raised."""
         new = LoadedModel.load(run_or_checkpoint or self.loaded.path, inference)
-        if self.forks:
+        if self.workers > 1:
             new.start_workers(self.workers)
         with self._swap:
             old, self._loaded = self._loaded, new
@@ -347,7 +345,6 @@ class Engine:
         lines = [segment for job in live for segment in job.segments]
         translations = live[0].loaded.search(live[0].options, lines)
         self.batches += 1
-        self.segments += len(lines)
         start = 0
         for job in live:
             job.future.set_result(translations[start : start + len(job.segments)])

@@ -190,11 +190,6 @@ def all_sum(values: Sequence[float], ranks: Ranks) -> list[float]:
     return tensor.tolist()
 
 
-def barrier(ranks: Ranks) -> None:
-    if ranks.distributed:
-        dist.barrier()
-
-
 # --- launching ----------------------------------------------------------------------------------
 def resolve_processes(processes: int, device: torch.device, batch_tokens: int, precision: str = "fp32") -> int:
     """`train.processes`; 0: one per GPU on CUDA; on a Linux CPU in fp32 one per core while each
