@@ -13,11 +13,12 @@ layers over this module.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import itertools
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from nmt.data.tokenizer import Tokenizer
 from nmt.model.device import autocast, resolve_device, resolve_precision
 from nmt.model.quantize import quantize_int8
 from nmt.model.seq2seq import Seq2Seq, build_model
-from nmt.search import DecodingModel, Hypothesis, search
+from nmt.search import DecodingModel, Hypothesis, search, start_search
 from nmt.workers import can_fork, map_in_workers, resolve_workers
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,14 @@ class Translator:
     def translate_lines(self, lines: list[str]) -> list[Translation]:
         """One Translation per line (its n-best hypotheses, texts and scores), in order."""
         translations = [Translation(line) for line in lines]
+        todo, src_ids = self.source_ids(lines)
+        for i, hypotheses in zip(todo, self.search_ids(src_ids)):
+            self.complete(translations[i], hypotheses)
+        return translations
+
+    def source_ids(self, lines: list[str]) -> tuple[list[int], list[list[int]]]:
+        """-> the numbers of the lines that are not blank, and their source piece ids (cut to
+        max_src_len pieces)."""
         todo = [i for i, line in enumerate(lines) if line.strip()]
         src_ids = self.tokenizer.encode_src([lines[i].strip() for i in todo])
         if self.max_src_len:
@@ -148,10 +157,16 @@ class Translator:
                         "a line of %d pieces is cut to its first %d (--max-src-len)", len(ids), self.max_src_len
                     )
                     src_ids[number] = ids[: self.max_src_len]
-        for i, hypotheses in zip(todo, self.search_ids(src_ids)):
-            translations[i].hypotheses = hypotheses
-            translations[i].texts = self.tokenizer.decode_tgt([h.tokens for h in hypotheses])
-        return translations
+        return todo, src_ids
+
+    def complete(self, translation: Translation, hypotheses: list[Hypothesis]) -> None:
+        translation.hypotheses = hypotheses
+        translation.texts = self.tokenizer.decode_tgt([h.tokens for h in hypotheses])
+
+    def running(self) -> RunningTranslation:
+        """A search that lines join while others are being translated (continuous batching),
+        with this translator's options; see RunningTranslation."""
+        return RunningTranslation(self)
 
     def translate_stream(self, lines: Iterable[str], chunk_lines: int = CHUNK_LINES) -> Iterator[Translation]:
         """Translations of a (possibly endless) stream of lines, in order, chunk by chunk."""
@@ -192,9 +207,70 @@ class Translator:
         return results
 
     def _search_batch(self, searcher: DecodingModel, src_ids: list[list[int]]) -> list[list[Hypothesis]]:
-        with torch.inference_mode(), autocast(self.precision, self.device):
+        with _SearchContext(self):
             src, src_lengths = collate_src(src_ids)
             return search(searcher, src.to(self.device), src_lengths, self.options)
+
+
+class RunningTranslation:
+    """Lines that join a search under way and leave it when done: continuous batching, for a
+    service whose requests arrive one by one. `add` requests (a key and its lines) between
+    steps; `step` decodes one piece of every sentence in progress and returns the requests whose
+    every line is translated. A line's translation is the one `translate_lines` gives it (up to
+    the order of floating-point sums, which a batch's composition can change), as long as
+    `can_join(options)`; otherwise add one request at a time and step until it is done.
+    """
+
+    def __init__(self, translator: Translator) -> None:
+        self.translator = translator
+        searcher = translator._frozen_searcher or translator._searcher()
+        self.search = start_search(searcher, translator.options)
+        self.pending: dict[Hashable, list[Translation]] = {}  # requests in progress
+        self.lines_to_go: dict[Hashable, int] = {}
+
+    @property
+    def busy(self) -> bool:
+        return self.search.busy
+
+    def add(self, requests: dict[Hashable, list[str]]) -> list[tuple[Hashable, list[Translation]]]:
+        """Requests (key -> lines) that join at the next step -> those done at once (all blank)."""
+        done, keys, src_ids = [], [], []
+        for key, lines in requests.items():
+            todo, ids = self.translator.source_ids(lines)
+            translations = [Translation(line) for line in lines]
+            if not todo:
+                done.append((key, translations))
+                continue
+            self.pending[key], self.lines_to_go[key] = translations, len(todo)
+            keys += [(key, i) for i in todo]
+            src_ids += ids
+        if src_ids:
+            with _SearchContext(self.translator):
+                src, src_lengths = collate_src(src_ids)
+                self.search.add(src.to(self.translator.device), src_lengths, keys)
+        return done
+
+    def step(self) -> list[tuple[Hashable, list[Translation]]]:
+        """Decode one piece of every sentence -> the requests now done, with their translations."""
+        with _SearchContext(self.translator):
+            finished = self.search.step()
+        done = []
+        for (key, line), hypotheses in finished:
+            self.translator.complete(self.pending[key][line], hypotheses)
+            self.lines_to_go[key] -= 1
+            if self.lines_to_go[key] == 0:
+                del self.lines_to_go[key]
+                done.append((key, self.pending.pop(key)))
+        return done
+
+
+class _SearchContext(contextlib.ExitStack):
+    """No autograd, the translator's precision."""
+
+    def __init__(self, translator: Translator) -> None:
+        super().__init__()
+        self.enter_context(torch.inference_mode())
+        self.enter_context(autocast(translator.precision, translator.device))
 
 
 def split_options(

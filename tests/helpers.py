@@ -160,6 +160,9 @@ class TableState:
     def select_sentences(self, sentences: torch.Tensor) -> TableState:
         return TableState(self.rows.view(-1, self.beams)[sentences].reshape(-1), sentences.numel())
 
+    def join(self, other: TableState) -> TableState:
+        return TableState(torch.cat([self.rows, other.rows + self.sentences]), self.sentences + other.sentences)
+
 
 class TableModel:
     """Next-piece log-probabilities that depend only on the previous piece: a (vocab, vocab) table."""

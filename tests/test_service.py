@@ -63,18 +63,20 @@ def test_translations_are_nmt_translates_in_order_with_empty_segments_empty(clie
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_concurrent_requests_share_batches_and_get_their_own_answers(trained_run, workers):
-    settings = EngineSettings(max_wait_ms=200, workers=workers)
-    lines = [SOURCES[k] for k in range(24)]
-    expected = Translator.load(trained_run, SearchOptions(beam_size=2), INFERENCE).translate(lines)
-    with serve(trained_run, settings) as client:
-        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+@pytest.mark.parametrize("beam", [1, 2])
+def test_concurrent_requests_join_running_searches_and_get_their_own_answers(trained_run, workers, beam):
+    lines = [SOURCES[k % len(SOURCES)] for k in range(48)]
+    expected = Translator.load(trained_run, SearchOptions(beam_size=beam), INFERENCE).translate_lines(lines)
+    with serve(trained_run, EngineSettings(workers=workers)) as client:
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
             answers = list(
-                pool.map(lambda line: client.post("/translate", json={"segments": [line], "beam": 2}), lines)
+                pool.map(lambda line: client.post("/translate", json={"segments": [line], "beam": beam}), lines)
             )
-        engine_batches = client.app.state.engine.batches
-    assert [a.json()["translations"][0]["text"] for a in answers] == expected
-    assert engine_batches < len(lines)  # some requests were searched together
+        searches = client.app.state.engine.searches
+    got = [answer.json()["translations"][0] for answer in answers]
+    assert [t["text"] for t in got] == [t.text for t in expected]
+    assert [t["score"] for t in got] == pytest.approx([t.score for t in expected], abs=1e-5)
+    assert searches < len(lines)  # requests joined searches under way
 
 
 def test_line_breaks_and_control_characters_are_handled_as_nmt_translate_handles_a_line(client, trained_run):
@@ -148,15 +150,23 @@ def test_a_bug_is_500_and_the_model_stays_loaded(trained_run, monkeypatch):
         assert client.post("/translate", json={"segments": [SOURCES[0]]}).status_code == 200
 
 
-def test_a_killed_search_worker_is_503_and_new_workers_take_over(trained_run):
+def test_a_killed_search_worker_fails_its_requests_with_503_and_a_new_one_takes_over(trained_run):
     with serve(trained_run, EngineSettings(workers=2)) as client:
-        for pid in client.app.state.engine.loaded.worker_pids:
-            os.kill(pid, signal.SIGKILL)  # as the kernel's out-of-memory killer would
-        time.sleep(0.5)
-        answer = client.post("/translate", json={"segments": [SOURCES[0]]})
+        engine = client.app.state.engine
+        workers = engine.loaded.worker_pids
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)  # hold the request in a worker
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            held = pool.submit(client.post, "/translate", json={"segments": [SOURCES[0]]})
+            while not any(worker.jobs for worker in engine.loaded.workers):
+                time.sleep(0.01)
+            for pid in workers:
+                os.kill(pid, signal.SIGKILL)  # as the kernel's out-of-memory killer would
+            answer = held.result(timeout=30)
         assert answer.status_code == 503 and answer.headers["Retry-After"] == "1"
         assert "worker died" in answer.json()["error"]
         assert client.post("/translate", json={"segments": [SOURCES[0]]}).status_code == 200
+        assert len(engine.loaded.worker_pids) == 2 and not engine.loaded.worker_pids & workers
 
 
 def test_inspect_returns_attention_gates_and_state_norms(client):
@@ -210,13 +220,14 @@ def test_the_page_and_its_assets_come_from_the_server_itself(client):
 
 # --- the command ----------------------------------------------------------------------------------
 def test_sigterm_finishes_the_requests_in_flight_then_exits_0(trained_run):
-    process, url = start_server(trained_run, "--max-wait-ms", "300")
+    process, url = start_server(trained_run)
+    segments = [SOURCES[k % len(SOURCES)] for k in range(64)]  # long enough to be in flight
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         futures = [
-            pool.submit(httpx.post, f"{url}/translate", json={"segments": [SOURCES[k]], "beam": 4}, timeout=60)
+            pool.submit(httpx.post, f"{url}/translate", json={"segments": segments[k:], "beam": 4}, timeout=60)
             for k in range(8)
         ]
-        time.sleep(0.15)  # the requests are in, waiting for their batch
+        time.sleep(0.15)  # the requests are in
         process.send_signal(signal.SIGTERM)
         answers = [future.result() for future in futures]
     output, _ = process.communicate(timeout=60)

@@ -65,6 +65,29 @@ class DecoderState:
         memory, src_mask = self.memory.index_select(0, sentences), self.src_mask.index_select(0, sentences)
         return self._with_rows(rows, memory, keys, src_mask, self.beams)
 
+    def join(self, other: DecoderState) -> DecoderState:
+        """This state's sentences, then `other`'s, with as many beams each. The shorter sources'
+        memory, keys and mask are padded (masked out) to the longer's length."""
+        if other.beams != self.beams:
+            raise ValueError(f"cannot join states of {self.beams} and {other.beams} beams per sentence")
+        src_len = max(self.memory.size(1), other.memory.size(1))
+
+        def cat(first: torch.Tensor | None, second: torch.Tensor | None) -> torch.Tensor | None:
+            if first is None or second is None:
+                return None
+            return torch.cat([_pad_source(first, src_len), _pad_source(second, src_len)])
+
+        c = None if self.hidden.c is None else torch.cat([self.hidden.c, other.hidden.c], dim=1)
+        return DecoderState(
+            hidden=RecurrentState(torch.cat([self.hidden.h, other.hidden.h], dim=1), c),
+            memory=cat(self.memory, other.memory),
+            keys=cat(self.keys, other.keys),
+            src_mask=cat(self.src_mask, other.src_mask),
+            attentional=None if self.attentional is None else torch.cat([self.attentional, other.attentional]),
+            attention_weights=cat(self.attention_weights, other.attention_weights),
+            beams=self.beams,
+        )
+
     def _with_rows(self, rows: torch.Tensor, memory, keys, src_mask, beams: int) -> DecoderState:
         def pick(tensor: torch.Tensor | None) -> torch.Tensor | None:
             return None if tensor is None else tensor.index_select(0, rows)
@@ -78,6 +101,14 @@ class DecoderState:
             attention_weights=pick(self.attention_weights),
             beams=beams,
         )
+
+
+def _pad_source(tensor: torch.Tensor, src_len: int) -> torch.Tensor:
+    """(rows, length, ...) -> (rows, src_len, ...), zero (False) beyond its length."""
+    missing = src_len - tensor.size(1)
+    if missing == 0:
+        return tensor
+    return torch.cat([tensor, tensor.new_zeros(tensor.size(0), missing, *tensor.shape[2:])], dim=1)
 
 
 class Decoder(nn.Module):

@@ -2,13 +2,15 @@
 
 Rows are (sentence, beam) pairs; a sentence's beams share one copy of its encoder memory
 (`DecoderState.reorder_beams`), and sentences that are done leave the batch (`select_sentences`).
-The search starts from one row per sentence (its bos), so the first step decodes one row per
-sentence, not beam_size copies of it.
+A search starts from one row per sentence (its bos), so the first step decodes one row per
+sentence, not beam_size copies of it. Sentences may join between steps (`nmt.search.running`):
+they enter with beam_size rows of which all but the first score -inf, which expands as one row.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable, Sequence
 
 import torch
 
@@ -16,7 +18,8 @@ from nmt.config import SearchOptions
 from nmt.data.tokenizer import BOS_ID, EOS_ID
 from nmt.search.constraints import block_repeated_ngrams, restrict_eos
 from nmt.search.hypothesis import Hypothesis, best_first, length_penalty, make_hypothesis, max_output_lengths
-from nmt.search.protocol import DecodingModel
+from nmt.search.protocol import DecoderState, DecodingModel
+from nmt.search.running import Finished, can_join, decode_all, own_tokens
 
 
 @torch.no_grad()
@@ -24,55 +27,92 @@ def beam_search(
     model: DecodingModel, src: torch.Tensor, src_lengths: torch.Tensor, options: SearchOptions
 ) -> list[list[Hypothesis]]:
     """The options.nbest best hypotheses of every sentence, best first."""
-    beams = _Beams.start(model, src, src_lengths, options)
-    for t in range(int(beams.max_lens.max())):
-        log_probs, beams.state = model.step(beams.prev_tokens, beams.state)  # (rows, vocab)
-        restrict_eos(log_probs, t, options.min_len, beams.max_lens[beams.live].repeat_interleave(beams.width))
-        if options.no_repeat_ngram:
-            block_repeated_ngrams(log_probs, beams.history, options.no_repeat_ngram)
-        beams.expand(log_probs)
-        if not beams.prune(t):
-            break
-    return beams.finish()
+    return decode_all(BeamSearch(model, options), src, src_lengths)
 
 
-class _Beams:
-    """The live part of a beam search: `live` sentences x `width` beams, as rows; `width` is 1
-    before the first expansion, then beam_size."""
+class BeamSearch:
+    """A running beam search: `live` sentences x `width` beams, as rows; `width` is 1 until the
+    first expansion, then beam_size."""
 
-    def __init__(self, state, max_lens: torch.Tensor, batch_size: int, src_len: int, options: SearchOptions) -> None:
-        device = max_lens.device
-        self.options = options
-        self.state = state
-        self.max_lens = max_lens  # (batch,) for every original sentence
-        self.live = torch.arange(batch_size, device=device)  # original index of each live sentence
-        self.scores = torch.zeros(batch_size, 1, device=device)  # (live, width) log-probs
-        self.history = torch.empty(batch_size, 0, dtype=torch.long, device=device)  # (rows, t)
-        self.attention = torch.empty(batch_size, 0, src_len, device=device) if options.return_attention else None
-        self.prev_tokens = torch.full((batch_size,), BOS_ID, dtype=torch.long, device=device)
-        self.finished: list[list[Hypothesis]] = [[] for _ in range(batch_size)]
-        # The nbest-th best finished score of every sentence (-inf until it has nbest).
-        self.nbest_score = torch.full((batch_size,), -math.inf, device=device)
+    def __init__(self, model: DecodingModel, options: SearchOptions) -> None:
+        self.model, self.options = model, options
+        self.state: DecoderState | None = None
+        self.keys: list[Hashable] = []  # of every live sentence
+        self.finished: dict[Hashable, list[Hypothesis]] = {}
+        # Per live sentence: its length limit, the pieces its beams have, and the nbest-th best
+        # finished score (-inf until it has nbest).
+        self.limits = self.steps = self.nbest_score = torch.empty(0)
+        self.scores = torch.empty(0, 1)  # (live, width) log-probs
+        # Per row: the pieces so far (rows, T, newest last; a sentence that joined later has
+        # fewer, on the right) and the last one.
+        self.history = self.prev_tokens = torch.empty(0, dtype=torch.long)
+        self.attention: torch.Tensor | None = None  # (rows, T, src_len) with options.return_attention
 
-    @classmethod
-    def start(
-        cls, model: DecodingModel, src: torch.Tensor, src_lengths: torch.Tensor, options: SearchOptions
-    ) -> _Beams:
-        """Encode once; every sentence starts as one row."""
-        state = model.init_decoder(model.encode(src, src_lengths))
-        max_lens = max_output_lengths(src_lengths, options.max_len_a, options.max_len_b, options.max_len_cap)
-        return cls(state, max_lens.to(src.device), src.size(0), src.size(1), options)
+    @property
+    def busy(self) -> bool:
+        return self.state is not None
 
     @property
     def width(self) -> int:
         """Beams per live sentence: 1 before the first expansion, then beam_size."""
         return self.scores.size(1)
 
-    def expand(self, log_probs: torch.Tensor) -> None:
+    @torch.no_grad()
+    def add(self, src: torch.Tensor, src_lengths: torch.Tensor, keys: Sequence[Hashable]) -> None:
+        options, device, sentences = self.options, src.device, src.size(0)
+        if self.state is not None and not can_join(options):
+            raise ValueError("sentences cannot join a search that blocks n-grams or keeps attention")
+        state = self.model.init_decoder(self.model.encode(src, src_lengths))
+        limits = max_output_lengths(src_lengths, options.max_len_a, options.max_len_b, options.max_len_cap).to(device)
+        self.keys += keys
+        self.finished.update((key, []) for key in keys)
+        width = self.width if self.busy else 1
+        scores = torch.zeros(sentences, width, device=device)
+        if width > 1:  # expands as one row: the others cannot win
+            state = state.reorder_beams(torch.arange(sentences, device=device).repeat_interleave(width))
+            scores[:, 1:] = -math.inf
+        history = torch.zeros(sentences * width, self.history.size(1) if self.busy else 0, dtype=torch.long)
+        new = {
+            "limits": limits,
+            "steps": torch.zeros(sentences, dtype=torch.long, device=device),
+            "nbest_score": torch.full((sentences,), -math.inf, device=device),
+            "scores": scores,
+            "history": history.to(device),
+            "prev_tokens": torch.full((sentences * width,), BOS_ID, dtype=torch.long, device=device),
+        }
+        if self.state is None:
+            self.state = state
+            for name, tensor in new.items():
+                setattr(self, name, tensor)
+            if options.return_attention:
+                self.attention = torch.empty(sentences, 0, src.size(1), device=device)
+        else:
+            self.state = self.state.join(state)
+            for name, tensor in new.items():
+                setattr(self, name, torch.cat([getattr(self, name), tensor]))
+
+    @torch.no_grad()
+    def step(self) -> Finished:
+        assert self.state is not None, "add sentences first"
+        options = self.options
+        log_probs, self.state = self.model.step(self.prev_tokens, self.state)  # (rows, vocab)
+        restrict_eos(
+            log_probs,
+            self.steps.repeat_interleave(self.width),
+            options.min_len,
+            self.limits.repeat_interleave(self.width),
+        )
+        if options.no_repeat_ngram:
+            block_repeated_ngrams(log_probs, self.history, options.no_repeat_ngram)
+        self._expand(log_probs)
+        self.steps += 1
+        return self._prune()
+
+    def _expand(self, log_probs: torch.Tensor) -> None:
         """Extend every beam by every token, keep the k best continuations of each sentence, and
         finish the hypotheses that end in eos among the k best candidates."""
         k, width, vocab = self.options.beam_size, self.width, log_probs.size(-1)
-        live = len(self.live)
+        live = len(self.keys)
         candidates = (self.scores.unsqueeze(-1) + log_probs.view(live, width, vocab)).view(live, width * vocab)
         if candidates.size(1) < 2 * k:  # a vocabulary smaller than 2k: pad with impossible candidates
             candidates = torch.nn.functional.pad(candidates, (0, 2 * k - candidates.size(1)), value=-math.inf)
@@ -83,16 +123,17 @@ class _Beams:
         sentence, column = (is_eos[:, :k] & top_scores[:, :k].isfinite()).nonzero().unbind(1)
         ending_rows = sentence * width + top_beams[sentence, column]  # the rows whose next token is eos
         # One conversion to Python per step, not one per hypothesis.
-        for row, sentence_id, tokens, log_prob in zip(
+        sentences = sentence.tolist()
+        for row, live_sentence, tokens, log_prob in zip(
             ending_rows.tolist(),
-            self.live[sentence].tolist(),
-            self.history[ending_rows].tolist(),
+            sentences,
+            own_tokens(self.history[ending_rows].tolist(), self.steps[sentence].tolist()),
             top_scores[sentence, column].tolist(),
         ):
             attention = None
             if self.attention is not None and step_attention is not None:
                 attention = torch.cat([self.attention[row], step_attention[row : row + 1].float()])
-            self._add_finished(sentence_id, make_hypothesis(tokens, log_prob, attention, self.options))
+            self._add_finished(live_sentence, make_hypothesis(tokens, log_prob, attention, self.options))
         # The k best candidates that do not end continue, best first.
         keep = torch.sort(is_eos.to(torch.int8), dim=1, stable=True).indices[:, :k]  # (live, k)
         self.scores = top_scores.gather(1, keep)
@@ -106,42 +147,47 @@ class _Beams:
                 [self.attention[parent_rows], self.state.attention_weights.unsqueeze(1).float()], 1
             )
 
-    def prune(self, t: int) -> bool:
-        """Drop the sentences that are done; False when none is left.
+    def _prune(self) -> Finished:
+        """Drop the sentences that are done -> their nbest hypotheses.
 
         A sentence is done at its length limit, or once its nbest-th finished hypothesis scores
         at least as well as the best live beam could (options.stopping): at the next step
         ("early"), or at any length up to the limit ("exact": a live beam's log-prob only falls,
         but the penalty's divisor grows with length, so the limit's divisor bounds it).
         """
-        options, k = self.options, self.options.beam_size
-        limits = self.max_lens[self.live]
-        lengths = limits if options.stopping == "exact" else torch.full_like(limits, t + 2).clamp(max=limits)
+        options, k, limits = self.options, self.options.beam_size, self.limits
+        lengths = limits if options.stopping == "exact" else (self.steps + 1).clamp(max=limits)
         best_possible = self.scores[:, 0] / torch.as_tensor(
             length_penalty(lengths.float(), options.length_penalty, options.alpha), device=limits.device
         )
-        done = (limits <= t + 1) | (self.nbest_score[self.live] >= best_possible)
+        done = (limits <= self.steps) | (self.nbest_score >= best_possible)
+        if not bool(done.any()):
+            return []
+        finished = [
+            (self.keys[i], best_first(self.finished.pop(self.keys[i]), options.nbest))
+            for i in done.nonzero().squeeze(1).tolist()
+        ]
         if bool(done.all()):
-            return False
-        if bool(done.any()):
-            keep = (~done).nonzero().squeeze(1)
-            rows = ((keep * k).unsqueeze(1) + torch.arange(k, device=keep.device)).view(-1)
-            self.live, self.scores = self.live[keep], self.scores[keep]
-            self.state, self.prev_tokens, self.history = (
-                self.state.select_sentences(keep),
-                self.prev_tokens[rows],
-                self.history[rows],
-            )
-            if self.attention is not None:
-                self.attention = self.attention[rows]
-        return True
+            self.state, self.keys = None, []
+            return finished
+        keep = (~done).nonzero().squeeze(1)
+        rows = ((keep * k).unsqueeze(1) + torch.arange(k, device=keep.device)).view(-1)
+        self.keys = [self.keys[i] for i in keep.tolist()]
+        self.limits, self.steps, self.nbest_score = self.limits[keep], self.steps[keep], self.nbest_score[keep]
+        self.scores, self.state, self.prev_tokens = (
+            self.scores[keep],
+            self.state.select_sentences(keep),
+            self.prev_tokens[rows],
+        )
+        longest = int(self.steps.max())  # history beyond every sentence's own is padding
+        self.history = self.history[rows, self.history.size(1) - longest :]
+        if self.attention is not None:
+            self.attention = self.attention[rows]
+        return finished
 
-    def _add_finished(self, sentence: int, hypothesis: Hypothesis) -> None:
-        finished = self.finished[sentence]
+    def _add_finished(self, live_sentence: int, hypothesis: Hypothesis) -> None:
+        finished = self.finished[self.keys[live_sentence]]
         finished.append(hypothesis)
         if len(finished) >= self.options.nbest:
             finished.sort(key=lambda h: h.score, reverse=True)
-            self.nbest_score[sentence] = finished[self.options.nbest - 1].score
-
-    def finish(self) -> list[list[Hypothesis]]:
-        return [best_first(hypotheses, self.options.nbest) for hypotheses in self.finished]
+            self.nbest_score[live_sentence] = finished[self.options.nbest - 1].score

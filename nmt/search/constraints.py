@@ -13,10 +13,14 @@ import torch
 from nmt.data.tokenizer import EOS_ID
 
 
-def restrict_eos(log_probs: torch.Tensor, t: int, min_len: int, max_lens: torch.Tensor) -> None:
-    """No eos before min_len pieces; only eos at each row's last allowed step (max_lens (rows,))."""
-    if t < min_len:
-        log_probs[:, EOS_ID] = -math.inf
+def restrict_eos(log_probs: torch.Tensor, t: int | torch.Tensor, min_len: int, max_lens: torch.Tensor) -> None:
+    """No eos before min_len pieces; only eos at each row's last allowed step. t: the pieces every
+    row has (int), or each row's (rows,); max_lens (rows,)."""
+    if isinstance(t, int):
+        if t < min_len:
+            log_probs[:, EOS_ID] = -math.inf
+    elif min_len > 0:
+        log_probs[t < min_len, EOS_ID] = -math.inf
     at_limit = max_lens <= t + 1  # (rows,)
     if bool(at_limit.any()):
         eos_log_prob = log_probs[at_limit, EOS_ID]

@@ -2,10 +2,13 @@
 
 Greedy takes the most probable next piece; sampling draws it (`nmt.search.sampling`), with
 `beam_size` samples of every sentence, of which the `nbest` best by score are kept. Rows that end
-leave the batch, so a step costs only the rows still decoding.
+leave the batch, so a step costs only the rows still decoding; new sentences may join between
+steps (`nmt.search.running`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
 
 import torch
 
@@ -13,7 +16,8 @@ from nmt.config import SearchOptions
 from nmt.data.tokenizer import BOS_ID, EOS_ID
 from nmt.search.constraints import block_repeated_ngrams, restrict_eos
 from nmt.search.hypothesis import Hypothesis, best_first, make_hypothesis, max_output_lengths
-from nmt.search.protocol import DecodingModel
+from nmt.search.protocol import DecoderState, DecodingModel
+from nmt.search.running import Finished, can_join, decode_all, own_tokens
 from nmt.search.sampling import sampler
 
 
@@ -22,47 +26,106 @@ def greedy_search(
     model: DecodingModel, src: torch.Tensor, src_lengths: torch.Tensor, options: SearchOptions
 ) -> list[list[Hypothesis]]:
     """The options.nbest best hypotheses of every sentence (one without sampling), best first."""
-    copies = options.beam_size if options.sample else 1  # rows per sentence
-    sentences, device = src.size(0), src.device
-    state = model.init_decoder(model.encode(src, src_lengths))
-    max_lens = max_output_lengths(src_lengths, options.max_len_a, options.max_len_b, options.max_len_cap).to(device)
-    if copies > 1:
-        row_sentence = torch.arange(sentences, device=device).repeat_interleave(copies)
-        state, max_lens = state.select_sentences(row_sentence), max_lens[row_sentence]
-    rows, steps = sentences * copies, int(max_lens.max())
-    choose = sampler(options, device) if options.sample else None
-    tokens = torch.full((rows, steps), EOS_ID, dtype=torch.long, device=device)
-    attention = src.new_zeros(rows, steps, src.size(1), dtype=torch.float) if options.return_attention else None
-    log_prob = torch.zeros(rows, device=device)
-    lengths = torch.zeros(rows, dtype=torch.long, device=device)  # tokens + eos, once finished
-    live = torch.arange(rows, device=device)  # the original row of every row still decoding
-    prev_tokens = torch.full_like(live, BOS_ID)
-    for t in range(steps):
-        log_probs, state = model.step(prev_tokens, state)  # (live, vocab)
-        restrict_eos(log_probs, t, options.min_len, max_lens[live])
-        if options.no_repeat_ngram:
-            block_repeated_ngrams(log_probs, tokens[live, :t], options.no_repeat_ngram)
-        if choose is None:
-            chosen_log_probs, next_tokens = log_probs.max(dim=-1)  # (live,)
+    return decode_all(GreedySearch(model, options), src, src_lengths)
+
+
+class GreedySearch:
+    """A running greedy search (or sampling): every row is one hypothesis of one sentence."""
+
+    def __init__(self, model: DecodingModel, options: SearchOptions) -> None:
+        self.model, self.options = model, options
+        self.copies = options.beam_size if options.sample else 1  # rows per sentence
+        self.choose = None  # the sampler, made with the first sentences' device
+        self.state: DecoderState | None = None
+        self.row_keys: list[Hashable] = []  # the sentence of every row
+        self.finished: dict[Hashable, list[Hypothesis]] = {}  # a sentence's ended rows
+        # Per row: the pieces so far (rows, T, newest last; a row that joined later has fewer,
+        # on the right), their count, their log-probability, the length limit, the last piece.
+        self.history = self.steps = self.log_prob = self.limits = self.prev_tokens = torch.empty(0)
+        self.attention: torch.Tensor | None = None  # (rows, T, src_len) with options.return_attention
+
+    @property
+    def busy(self) -> bool:
+        return self.state is not None
+
+    @torch.no_grad()
+    def add(self, src: torch.Tensor, src_lengths: torch.Tensor, keys: Sequence[Hashable]) -> None:
+        options, device, sentences = self.options, src.device, src.size(0)
+        if self.state is not None and not can_join(options):
+            raise ValueError("sentences cannot join a search that samples, blocks n-grams or keeps attention")
+        state = self.model.init_decoder(self.model.encode(src, src_lengths))
+        limits = max_output_lengths(src_lengths, options.max_len_a, options.max_len_b, options.max_len_cap).to(device)
+        if self.copies > 1:
+            row_sentence = torch.arange(sentences, device=device).repeat_interleave(self.copies)
+            state, limits = state.select_sentences(row_sentence), limits[row_sentence]
+        if options.sample and self.choose is None:
+            self.choose = sampler(options, device)
+        rows = limits.numel()
+        self.row_keys += [key for key in keys for _ in range(self.copies)]
+        self.finished.update((key, []) for key in keys)
+        new = {
+            "history": torch.zeros(rows, self.history.size(1) if self.busy else 0, dtype=torch.long, device=device),
+            "steps": torch.zeros(rows, dtype=torch.long, device=device),
+            "log_prob": torch.zeros(rows, device=device),
+            "limits": limits,
+            "prev_tokens": torch.full((rows,), BOS_ID, dtype=torch.long, device=device),
+        }
+        if self.state is None:
+            self.state = state
+            for name, tensor in new.items():
+                setattr(self, name, tensor)
+            if options.return_attention:
+                self.attention = torch.zeros(rows, 0, src.size(1), device=device)
         else:
-            next_tokens = choose(log_probs)
+            self.state = self.state.join(state)
+            for name, tensor in new.items():
+                setattr(self, name, torch.cat([getattr(self, name), tensor]))
+
+    @torch.no_grad()
+    def step(self) -> Finished:
+        assert self.state is not None, "add sentences first"
+        options = self.options
+        log_probs, self.state = self.model.step(self.prev_tokens, self.state)  # (rows, vocab)
+        restrict_eos(log_probs, self.steps, options.min_len, self.limits)
+        if options.no_repeat_ngram:
+            block_repeated_ngrams(log_probs, self.history, options.no_repeat_ngram)
+        if self.choose is None:
+            chosen_log_probs, next_tokens = log_probs.max(dim=-1)  # (rows,)
+        else:
+            next_tokens = self.choose(log_probs)
             chosen_log_probs = log_probs.gather(1, next_tokens.unsqueeze(1)).squeeze(1)
-        tokens[live, t] = next_tokens
-        log_prob[live] += chosen_log_probs
-        if attention is not None and state.attention_weights is not None:
-            attention[live, t] = state.attention_weights.float()
-        finished = next_tokens == EOS_ID
-        lengths[live[finished]] = t + 1
-        if bool(finished.all()):
-            break
-        if bool(finished.any()):  # shrink the batch to the rows still decoding
-            keep = (~finished).nonzero().squeeze(1)
-            state, live, next_tokens = state.select_sentences(keep), live[keep], next_tokens[keep]
-        prev_tokens = next_tokens
-    hypotheses = [
-        make_hypothesis(
-            tokens[i, : n - 1].tolist(), float(log_prob[i]), None if attention is None else attention[i, :n], options
-        )
-        for i, n in enumerate(lengths.tolist())
-    ]
-    return [best_first(hypotheses[s * copies : (s + 1) * copies], options.nbest) for s in range(sentences)]
+        self.log_prob += chosen_log_probs
+        self.history = torch.cat([self.history, next_tokens.unsqueeze(1)], dim=1)
+        self.steps += 1
+        if self.attention is not None and self.state.attention_weights is not None:
+            self.attention = torch.cat([self.attention, self.state.attention_weights.unsqueeze(1).float()], dim=1)
+        self.prev_tokens = next_tokens
+        ended = next_tokens == EOS_ID
+        return self._leave(ended) if bool(ended.any()) else []
+
+    def _leave(self, ended: torch.Tensor) -> Finished:
+        """Record the rows that ended; -> the sentences whose every row has."""
+        rows = ended.nonzero().squeeze(1)
+        done: Finished = []
+        steps = self.steps[rows].tolist()
+        # The eos is not a token of the hypothesis.
+        tokens = own_tokens(self.history[rows, :-1].tolist(), [n - 1 for n in steps])
+        for row, row_tokens, log_prob, length in zip(rows.tolist(), tokens, self.log_prob[rows].tolist(), steps):
+            attention = None if self.attention is None else self.attention[row, -length:]
+            key = self.row_keys[row]
+            self.finished[key].append(make_hypothesis(row_tokens, log_prob, attention, self.options))
+            if len(self.finished[key]) == self.copies:
+                done.append((key, best_first(self.finished.pop(key), self.options.nbest)))
+        if bool(ended.all()):
+            self.state, self.row_keys = None, []
+            return done
+        keep = (~ended).nonzero().squeeze(1)
+        self.state = self.state.select_sentences(keep)
+        self.row_keys = [self.row_keys[i] for i in keep.tolist()]
+        longest = int(self.steps[keep].max())  # history beyond every row's own is padding
+        self.history = self.history[keep, self.history.size(1) - longest :]
+        self.steps, self.log_prob = self.steps[keep], self.log_prob[keep]
+        self.limits, self.prev_tokens = self.limits[keep], self.prev_tokens[keep]
+        if self.attention is not None:
+            self.attention = self.attention[keep]
+        return done

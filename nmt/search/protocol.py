@@ -2,9 +2,10 @@
 
 A model encodes a batch of sources once, turns the encoding into a decoder state, and steps that
 state one target piece at a time. Search moves the state's rows with two named operations:
-`reorder_beams` (beam search keeps the best continuations, each of a beam of the same sentence)
-and `select_sentences` (finished sentences leave the batch; a sentence named twice is decoded
-twice, as sampling does for several samples). Every cell and attention kind of `nmt.model`
+`reorder_beams` (beam search keeps the best continuations, each of a beam of the same sentence),
+`select_sentences` (finished sentences leave the batch; a sentence named twice is decoded
+twice, as sampling does for several samples) and `join` (sentences that arrive while others are
+decoding enter the batch: continuous batching, `nmt.search.start_search`). Every cell and attention kind of `nmt.model`
 implements it, and so can any other model, e.g. an ensemble or the fixed tables of the tests.
 """
 
@@ -32,6 +33,11 @@ class DecoderState(Protocol):
     def select_sentences(self, sentences: torch.Tensor) -> DecoderState:
         """Keep these sentences (indices into the current ones), in this order, with all their
         beams; a sentence named twice is decoded twice from here on, independently."""
+        ...
+
+    def join(self, other: DecoderState) -> DecoderState:
+        """This state's sentences, then other's, with as many beams each; a sentence's rows go
+        on as they would have alone."""
         ...
 
 

@@ -1,17 +1,20 @@
-"""The service's engine: the loaded model, and a queue whose requests are searched together.
+"""The service's engine: the loaded model, a queue, and search workers that requests join.
 
-Requests arrive one by one from many clients; searching each alone would run tiny batches. The
-engine's search threads take the first request waiting, wait at most `max_wait_ms` for more, and
-search every segment of those requests that share their search options as one call of
-`Translator.search_ids`, which sorts them into token-budget batches as `nmt-translate` does. A
-segment's answer does not depend on its batch (fp32 and bf16 search is row by row), so it is the
-one `nmt-translate` gives; sampling requests are searched alone (their draws follow the batch).
+Requests arrive one by one from many clients; searching each alone would run tiny batches, and
+gathering them into batches makes each wait for the batch to fill and for its longest sentence.
+So searches run continuously: one dispatcher thread hands every queued request to the least
+loaded search worker (`nmt.service.worker`) with room for it, and there the request's segments
+join the search under way for its options at the next step and leave it when done. A worker
+holds at most a batch's tokens (`--batch-tokens`); beyond that requests wait in the queue, and
+beyond `queue_segments` they are refused. A segment's answer does not depend on what it shared
+the search with (fp32 and bf16 search is row by row), so it is the one `nmt-translate` gives;
+sampling, blocked n-grams and `--no-batching` search a request alone, on an idle worker.
 
-On a CPU the searches run in worker processes forked from the server once the model is loaded
-(one per core, one thread each, as `nmt-translate --workers`): a search step spends half its time
-in Python and small operations that a second thread cannot share, and the server's own HTTP work
-would contend with a search thread for the interpreter. One dispatch thread per worker gathers a
-batch and waits for its worker's answer.
+On a CPU the workers are processes forked from the server once the model is loaded (one per
+core, one thread each, as `nmt-translate --workers`): a search step spends much of its time in
+Python and in operations too small to split between cores, and a search thread in the server
+would contend with the HTTP work for the interpreter. With one worker (or on CUDA) the search
+runs in a thread of the server.
 
 A reload loads the new checkpoint beside the old one (with workers of its own) and swaps it in
 under a lock: a request is pinned to the model it was queued with, so requests in flight finish on
@@ -20,26 +23,24 @@ the old model, whose workers stop when its last request is answered.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import logging
-import multiprocessing
-import os
 import queue
 import re
 import threading
 import time
-from collections import defaultdict
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import astuple, dataclass, field, replace
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from nmt.checkpoint import resolve_checkpoint
 from nmt.config import InferenceOptions, SearchOptions
 from nmt.model.seq2seq import count_parameters
+from nmt.search import can_join
+from nmt.service.worker import Answer, Outcome, Request, SearchWorker
 from nmt.translation import Translator
 from nmt.workers import can_fork, resolve_workers
 
@@ -62,22 +63,13 @@ class Expired(RuntimeError):
 
 
 class WorkerLost(RuntimeError):
-    """A search worker died (killed from outside); its requests may be retried."""
-
-    def __init__(self, message: str, pool: ProcessPoolExecutor) -> None:
-        super().__init__(message)
-        self.pool = pool
-
-
-# One segment's answer: its texts and scores, best first (empty for an empty segment).
-Outcome = tuple[list[str], list[float]]
+    """A search worker died (killed from outside) with the request; it may be retried."""
 
 
 @dataclass(frozen=True)
 class EngineSettings:
-    max_wait_ms: float = setting(5.0, "how long the first request waits for others to share its batch (ms)")
     queue_segments: int = setting(1024, "segments waiting at most; beyond, requests are refused with 503")
-    batching: bool = setting(True, "search concurrent requests together (off: each alone)")
+    batching: bool = setting(True, "let requests join the searches under way (off: each searched alone)")
     workers: int = setting(
         0, "processes searching side by side, one thread each (0: one per core on Linux; 1: in this process)"
     )
@@ -91,10 +83,9 @@ class LoadedModel:
     translator: Translator  # its options are replaced per request
     sha256: str
     info: dict[str, Any]
-    pool: ProcessPoolExecutor | None = None
-    worker_pids: set[int] = field(default_factory=set)  # those seen answering at start
+    workers: list[SearchWorker] = field(default_factory=list)  # those alive
     jobs: int = 0  # requests queued with this model and not yet answered
-    retired: bool = False  # another model serves now: stop the pool after the last request
+    retired: bool = False  # another model serves now: stop the workers after the last request
 
     @classmethod
     def load(cls, run_or_checkpoint: str | Path, inference: InferenceOptions) -> LoadedModel:
@@ -123,30 +114,9 @@ class LoadedModel:
     def translator_for(self, options: SearchOptions) -> Translator:
         return self.translator.with_options(options)
 
-    def start_workers(self, workers: int) -> None:
-        """Fork `workers` search processes now (they share this model's pages), one thread each
-        (more would hang after a fork: nmt.workers)."""
-        self.pool = ProcessPoolExecutor(
-            workers,
-            mp_context=multiprocessing.get_context("fork"),
-            initializer=_start_worker,
-            initargs=(self.translator,),
-        )
-        # All forked before the server takes requests.
-        self.worker_pids = {future.result() for future in [self.pool.submit(os.getpid) for _ in range(workers)]}
-
-    def search(self, options: SearchOptions, lines: list[str]) -> list[Outcome]:
-        pool = self.pool
-        if pool is None:
-            return _outcomes(self.translator_for(options), lines)
-        try:
-            return pool.submit(_search_in_worker, options, lines).result()
-        except BrokenProcessPool:
-            raise WorkerLost("a search worker died; retry the request", pool) from None
-
-    def stop_workers(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=False, cancel_futures=False)
+    @property
+    def worker_pids(self) -> set[int]:
+        return {worker.pid for worker in self.workers if worker.pid is not None}
 
 
 def _sha256(path: Path) -> str:
@@ -157,25 +127,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-# --- in a search worker ---------------------------------------------------------------------------
-_served: Translator | None = None  # set by _start_worker in each forked worker
-
-
-def _start_worker(translator: Translator) -> None:
-    global _served
-    _served = translator
-    torch.set_num_threads(1)
-
-
-def _search_in_worker(options: SearchOptions, lines: list[str]) -> list[Outcome]:
-    assert _served is not None, "_start_worker runs first in every worker"
-    return _outcomes(_served.with_options(options), lines)
-
-
-def _outcomes(translator: Translator, lines: list[str]) -> list[Outcome]:
-    return [(t.texts, [h.score for h in t.hypotheses]) for t in translator.translate_lines(lines)]
-
-
 def clean_segment(text: str) -> str:
     """One segment, one line: line breaks inside it become spaces (nmt-translate would split it)."""
     return LINE_BREAKS.sub(" ", text)
@@ -183,21 +134,23 @@ def clean_segment(text: str) -> str:
 
 @dataclass
 class Job:
-    """One request's segments, waiting in the queue."""
+    """One request's segments, from the queue to an answer."""
 
     loaded: LoadedModel
     options: SearchOptions
     segments: list[str]
     deadline: float  # time.monotonic()
+    number: int = 0
     future: Future = field(default_factory=Future)
 
     @property
-    def key(self) -> tuple:
-        return id(self.loaded), astuple(self.options)
+    def tokens(self) -> int:
+        # A rough count before tokenizing: ~1 piece per 4 characters, as a budget's guide only.
+        return sum(len(segment) // 4 + 2 for segment in self.segments)
 
 
 class Engine:
-    """Searches queued requests in shared batches: one dispatch thread per search worker."""
+    """Hands queued requests to search workers, which let them join the searches under way."""
 
     def __init__(self, loaded: LoadedModel, settings: EngineSettings) -> None:
         self.settings = settings
@@ -206,36 +159,45 @@ class Engine:
         self.workers = resolve_workers(settings.workers) if translator.device.type == "cpu" and can_fork() else 1
         self._swap = threading.Lock()
         self._queue: queue.Queue[Job | None] = queue.Queue()
-        self._waiting = 0  # segments queued, not yet taken by a search thread
+        self._waiting = 0  # segments queued, not yet handed to a worker
         self._count = threading.Lock()
-        self._threads: list[threading.Thread] = []
-        self.batches = 0  # search calls made, for the logs and the tests
+        self._room = threading.Condition()  # guards what the workers hold, and the lists of workers
+        self._numbers = itertools.count()
+        self._dispatcher: threading.Thread | None = None
+        self._retired: list[LoadedModel] = []  # replaced models whose workers may still be answering
+        self._stopping = False
 
     @property
     def loaded(self) -> LoadedModel:
         with self._swap:
             return self._loaded
 
+    @property
+    def searches(self) -> int:
+        """Searches the serving model's workers have started: fewer than the requests when
+        requests joined searches under way."""
+        return sum(worker.searches for worker in self.loaded.workers)
+
     def start(self) -> None:
-        if self.workers > 1:
-            self._loaded.start_workers(self.workers)
-        for number in range(self.workers):
-            thread = threading.Thread(target=self._run, name=f"nmt-search-{number}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        self._start_workers(self._loaded)
+        self._dispatcher = threading.Thread(target=self._dispatch, name="nmt-dispatch", daemon=True)
+        self._dispatcher.start()
 
     def stop(self) -> None:
-        """Search what is queued, then stop the threads."""
-        for _ in self._threads:
-            self._queue.put(None)
-        for thread in self._threads:
-            thread.join()
-        self._threads.clear()
-        self._loaded.stop_workers()
+        """Search what is queued and in progress, then stop the workers."""
+        self._queue.put(None)
+        if self._dispatcher is not None:
+            self._dispatcher.join()
+        with self._room:
+            self._stopping = True
+            workers = [worker for model in (self._loaded, *self._retired) for worker in model.workers]
+        for worker in workers:
+            worker.stop()
+        for worker in workers:
+            worker.join()
 
     def submit(self, segments: list[str], options: SearchOptions, timeout_s: float) -> Job:
-        """Queue a request -> its Job, whose future gives its Translations in order. Raises
-        QueueFull."""
+        """Queue a request -> its Job, whose future gives its outcomes in order. Raises QueueFull."""
         with self._count:
             if self._waiting + len(segments) > self.settings.queue_segments:
                 raise QueueFull(f"{self._waiting} segments are waiting; the queue holds {self.settings.queue_segments}")
@@ -243,7 +205,8 @@ class Engine:
         with self._swap:
             loaded = self._loaded
             loaded.jobs += 1
-        job = Job(loaded, options, [clean_segment(s) for s in segments], time.monotonic() + timeout_s)
+        cleaned = [clean_segment(s) for s in segments]
+        job = Job(loaded, options, cleaned, time.monotonic() + timeout_s, next(self._numbers))
         self._queue.put(job)
         return job
 
@@ -251,109 +214,118 @@ class Engine:
         """Load a checkpoint (default: the one serving) and swap it in; on failure the old one
         goes on serving and the error is raised."""
         new = LoadedModel.load(run_or_checkpoint or self.loaded.path, inference)
-        if self.workers > 1:
-            new.start_workers(self.workers)
+        self._start_workers(new)
         with self._swap:
             old, self._loaded = self._loaded, new
             old.retired = True
             idle = old.jobs == 0
         if idle:
-            old.stop_workers()
+            self._stop_workers(old)
+        else:
+            with self._room:
+                self._retired.append(old)
         log.info("serving %s (sha256 %s)", new.path, new.sha256[:12])
         return new
 
-    # --- the search threads ---------------------------------------------------------------------
-    def _run(self) -> None:
-        while (first := self._queue.get()) is not None:
-            jobs = self._gather(first)
-            groups: dict[tuple, list[Job]] = defaultdict(list)
-            for job in jobs:
-                groups[job.key].append(job)
-            for group in groups.values():
-                try:
-                    self._search(group)
-                except WorkerLost as error:
-                    self._replace_workers(group[0].loaded, error.pool)
-                    self._fail(group, error)
-                except Exception as error:  # a bug: its requests answer 500, the thread goes on
-                    log.exception("search failed")
-                    self._fail(group, error)
-                finally:
-                    self._answered(group)
+    # --- workers ------------------------------------------------------------------------------
+    def _start_workers(self, loaded: LoadedModel) -> None:
+        """Fork the model's workers (sharing its pages) before it serves; one worker searches in
+        this process, with every core."""
+        for _ in range(self.workers):
+            self._start_worker(loaded)
 
-    def _fail(self, jobs: list[Job], error: Exception) -> None:
-        for job in jobs:
-            if not job.future.done():
-                job.future.set_exception(error)
+    def _start_worker(self, loaded: LoadedModel) -> None:
+        worker = SearchWorker(
+            lambda options: loaded.translator_for(options),  # looked up at each use: tests replace it
+            self.settings.batching,
+            in_process=self.workers == 1,
+            on_answer=self._on_answer,
+            on_lost=lambda worker: self._on_lost(loaded, worker),
+        )
+        with self._room:
+            loaded.workers.append(worker)
+            self._room.notify_all()
 
-    def _answered(self, jobs: list[Job]) -> None:
-        loaded = jobs[0].loaded
+    def _stop_workers(self, loaded: LoadedModel) -> None:
+        with self._room:
+            workers = list(loaded.workers)
+        for worker in workers:
+            worker.stop()
+
+    def _on_answer(self, worker: SearchWorker, answer: Answer) -> None:
+        with self._room:
+            job = worker.jobs.pop(answer.number, None)
+            worker.searches = answer.searches
+            if job is not None:
+                worker.tokens -= job.tokens
+            self._room.notify_all()
+        if job is None:
+            return
+        if answer.outcomes is None:
+            log.error("a search failed:\n%s", answer.error)
+            job.future.set_exception(RuntimeError(answer.error.strip().splitlines()[-1]))
+        else:
+            job.future.set_result(answer.outcomes)
+        self._answered(job)
+
+    def _on_lost(self, loaded: LoadedModel, worker: SearchWorker) -> None:
+        """A worker ended: stopped, or killed from outside (for memory, by a signal). Its
+        requests answer 503, and a new worker takes its place."""
+        with self._room:
+            lost, worker.jobs = list(worker.jobs.values()), {}
+            if worker in loaded.workers:
+                loaded.workers.remove(worker)
+            replace = not (worker.stopping or self._stopping or loaded.retired)
+            self._room.notify_all()
+        for job in lost:
+            job.future.set_exception(WorkerLost("a search worker died; retry the request"))
+            self._answered(job)
+        if replace:
+            log.error("a search worker died; starting a new one")
+            self._start_worker(loaded)
+
+    def _answered(self, job: Job) -> None:
+        loaded = job.loaded
         with self._swap:
-            loaded.jobs -= len(jobs)
+            loaded.jobs -= 1
             idle = loaded.retired and loaded.jobs == 0
         if idle:
-            loaded.stop_workers()
+            self._stop_workers(loaded)
 
-    def _replace_workers(self, loaded: LoadedModel, broken: ProcessPoolExecutor) -> None:
-        """A worker was killed from outside (for memory, by a signal): its pool is broken; fork
-        a new one so the service goes on."""
-        with self._swap:
-            if loaded.pool is not broken:  # another dispatch thread has replaced it
-                return
-            log.error("a search worker died; starting new workers")
-            loaded.stop_workers()
-            loaded.start_workers(self.workers)
-
-    def _gather(self, first: Job) -> list[Job]:
-        """`first` and the requests that arrive within max_wait_ms, up to a batch's tokens."""
-        jobs = [first]
-        self._taken(first)
-        if not self.settings.batching or first.options.sample:
-            return jobs
-        tokens, budget = _tokens(first), first.loaded.translator.batch_tokens
-        until = time.monotonic() + self.settings.max_wait_ms / 1000
-        while tokens < budget:
-            try:
-                job = self._queue.get(timeout=max(0.0, until - time.monotonic()))
-            except queue.Empty:
-                break
-            if job is None or job.options.sample:
-                self._queue.put(job)  # the stop marker, or a request that is searched alone: later
-                break
-            self._taken(job)
-            jobs.append(job)
-            tokens += _tokens(job)
-        return jobs
-
-    def _taken(self, job: Job) -> None:
-        with self._count:
-            self._waiting -= len(job.segments)
-
-    def _search(self, jobs: list[Job]) -> None:
-        now = time.monotonic()
-        live = []
-        for job in jobs:
-            if job.future.cancelled():
+    # --- the dispatcher -------------------------------------------------------------------------
+    def _dispatch(self) -> None:
+        while (job := self._queue.get()) is not None:
+            with self._count:
+                self._waiting -= len(job.segments)
+            if not self._wanted(job):
+                self._answered(job)
                 continue
-            if now > job.deadline:
-                job.future.set_exception(Expired("the request's deadline passed while it waited"))
-                continue
-            if job.future.set_running_or_notify_cancel():
-                live.append(job)
-        if not live:
-            return
-        lines = [segment for job in live for segment in job.segments]
-        translations = live[0].loaded.search(live[0].options, lines)
-        self.batches += 1
-        start = 0
-        for job in live:
-            job.future.set_result(translations[start : start + len(job.segments)])
-            start += len(job.segments)
+            with self._room:
+                worker = self._room.wait_for(lambda job=job: self._free_worker(job))
+                worker.jobs[job.number] = job
+                worker.tokens += job.tokens
+            with contextlib.suppress(OSError):  # it died: its reader fails the job
+                worker.send(Request(job.number, job.options, job.segments))
 
+    def _wanted(self, job: Job) -> bool:
+        """False for a request cancelled or past its deadline (answered as such)."""
+        if job.future.cancelled():
+            return False
+        if time.monotonic() > job.deadline:
+            job.future.set_exception(Expired("the request's deadline passed while it waited"))
+            return False
+        return job.future.set_running_or_notify_cancel()
 
-def _tokens(job: Job) -> int:
-    # A rough count before tokenizing: ~1 piece per 4 characters, as a budget's guide only.
-    return sum(len(segment) // 4 + 2 for segment in job.segments)
+    def _free_worker(self, job: Job) -> SearchWorker | None:
+        """The least loaded of the job's model's workers with room for it: a request that may
+        join a search goes where the segments held stay within a batch's tokens, another one
+        only to an idle worker. None: wait."""
+        if self.settings.batching and can_join(job.options):
+            budget = job.loaded.translator.batch_tokens
+            fits = [w for w in job.loaded.workers if not w.jobs or w.tokens + job.tokens <= budget]
+        else:
+            fits = [w for w in job.loaded.workers if not w.jobs]
+        return min(fits, key=lambda worker: worker.tokens, default=None)
 
 
 def translation_dict(outcome: Outcome, nbest: int) -> dict[str, Any]:
