@@ -30,6 +30,7 @@ from nmt.config import Config, InferenceOptions, SearchOptions
 from nmt.data.batching import collate_src, token_budget_batches
 from nmt.data.tokenizer import Tokenizer
 from nmt.model.device import autocast, resolve_device, resolve_precision
+from nmt.model.onednn import onednn_available, use_onednn_linears
 from nmt.model.quantize import quantize_int8
 from nmt.model.seq2seq import Seq2Seq, build_model
 from nmt.search import DecodingModel, Hypothesis, search, start_search
@@ -112,6 +113,13 @@ class Translator:
         translator = cls(
             model, tokenizer, search_options, device, inference.batch_tokens, inference.precision, inference.workers
         )
+        if (
+            device.type == "cpu"
+            and translator.precision == "fp32"
+            and inference.quantize != "int8"
+            and onednn_available()
+        ):
+            use_onednn_linears(model)
         translator.config = Config.from_dict(payload["config"])
         translator.max_src_len = inference.max_src_len
         return translator

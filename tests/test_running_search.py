@@ -1,5 +1,7 @@
 """Running searches (continuous batching): sentences that join a search under way get what they
-get alone."""
+get alone, and the oneDNN products translation uses compute what torch's do."""
+
+import copy
 
 import pytest
 import torch
@@ -7,6 +9,7 @@ from helpers import PAIRS, random_batch, small_model
 
 from nmt.config import DecoderConfig, SearchOptions
 from nmt.data.tokenizer import EOS_ID
+from nmt.model.onednn import OneDNNLinear, onednn_available, use_onednn_linears
 from nmt.search import can_join, search, start_search
 from nmt.translation import Translator
 
@@ -93,3 +96,21 @@ def test_a_running_translation_returns_each_request_when_its_last_line_is_done(t
     expected = translator.translate_lines(lines)
     assert [t.text for t in finished["a"]] == [t.text for t in expected]
     assert finished["a"][1].text == ""
+
+
+@pytest.mark.skipif(not onednn_available(), reason="this torch has no oneDNN linear kernel")
+def test_onednn_products_keep_the_weights_and_compute_what_torchs_do():
+    model = lively_model(attention="bahdanau", tie_embeddings=True)
+    swapped = use_onednn_linears(copy.deepcopy(model))
+    assert isinstance(swapped.decoder.output, OneDNNLinear)
+    assert swapped.decoder.output.weight is swapped.decoder.embed.weight  # still tied
+    assert swapped.state_dict().keys() == model.state_dict().keys()
+    src, lengths = random_batch([5, 3, 8, 2])
+    options = SearchOptions(beam_size=3, nbest=3, **OPTIONS)
+    with torch.inference_mode():
+        ours, theirs = search(swapped, src, lengths, options), search(model, src, lengths, options)
+        memory = swapped.encode(src, lengths).memory
+        torch.testing.assert_close(memory, model.encode(src, lengths).memory)
+    for a, b in zip(ours, theirs):
+        assert [h.tokens for h in a] == [h.tokens for h in b]
+        assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-5)

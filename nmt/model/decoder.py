@@ -317,7 +317,7 @@ class StepTable:
     Translator makes one per call."""
 
     embedded: torch.Tensor  # (vocab, blocks * hidden): W_e embed(y) + b for every piece y
-    feed_weight: torch.Tensor | None  # (blocks * hidden, attentional_size); None without input feeding
+    feed: nn.Linear | None  # attentional_size -> blocks * hidden, no bias; None without input feeding
 
     @classmethod
     @torch.no_grad()
@@ -325,20 +325,24 @@ class StepTable:
         """The decoder's table, or None where it would not pay: int8 products (no float weight to
         split), or a table over TABLE_MAX_FLOATS (a large vocabulary costs more than it saves)."""
         first = decoder.rnn.cells[0].input_proj
-        if type(first) is not nn.Linear or decoder.embed.num_embeddings * first.out_features > TABLE_MAX_FLOATS:
+        if not isinstance(first, nn.Linear) or decoder.embed.num_embeddings * first.out_features > TABLE_MAX_FLOATS:
             return None
         embed_weight, feed_weight = first.weight.split(
             [decoder.embed.embedding_dim, first.in_features - decoder.embed.embedding_dim], dim=1
         )
         embedded = nn.functional.linear(decoder.embed.weight, embed_weight, first.bias)
-        return cls(embedded, feed_weight.contiguous() if decoder.input_feeding else None)
+        feed = None
+        if decoder.input_feeding:  # the attentional half, multiplied as the layer multiplies
+            feed = type(first)(feed_weight.size(1), feed_weight.size(0), bias=False, device="meta")
+            feed.weight = nn.Parameter(feed_weight.contiguous(), requires_grad=False)
+        return cls(embedded, feed)
 
     def first_input(self, prev_tokens: torch.Tensor, attentional: torch.Tensor | None) -> torch.Tensor:
         """prev_tokens (rows,), attentional (rows, attentional_size) -> (rows, blocks * hidden)."""
         projected = self.embedded.index_select(0, prev_tokens)
-        if self.feed_weight is None:
+        if self.feed is None:
             return projected
-        return projected + nn.functional.linear(attentional, self.feed_weight)
+        return projected + self.feed(attentional)
 
 
 def rows_running(lengths: list[int]) -> list[int]:
