@@ -7,8 +7,8 @@ against `nmt-translate`'s output for the same sentence and options.
     python scripts/load_test.py --url http://127.0.0.1:8000 --clients 32 --seconds 60 --beam 5 \
         --source test.de --expected expected.en [--pid SERVER_PID] [--json out.json]
 
-Writes a Markdown row to stdout (and the figures as JSON with --json). With --pid, the server's
-peak resident memory (VmHWM) is read at the end.
+Writes the figures as one JSON line to stdout (and to a file with --json). With --pid, the peak
+resident memory (VmHWM) of the server and of each of its search workers is read at the end.
 """
 
 from __future__ import annotations
@@ -19,36 +19,79 @@ import json
 import statistics
 import sys
 import time
+import urllib.parse
 from collections import Counter
 from pathlib import Path
 
-import httpx
+
+class Http:
+    """One keep-alive HTTP/1.1 connection, written by hand: the client shares the server's cores,
+    and a general-purpose client spends several times the CPU per request that this one does."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        parsed = urllib.parse.urlsplit(url)
+        self.host, self.port, self.timeout = parsed.hostname, parsed.port or 80, timeout
+        self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+        reused = self.streams is not None
+        try:
+            return await asyncio.wait_for(self._exchange(method, path, body), self.timeout)
+        except (asyncio.IncompleteReadError, ConnectionResetError):
+            self.close()
+            if not reused:
+                raise
+        except BaseException:
+            self.close()  # a half-read answer would poison the next request
+            raise
+        # The server closed the idle connection (keep-alive timeout) as the request went out.
+        return await self.request(method, path, body)
+
+    async def _exchange(self, method: str, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+        if self.streams is None:
+            self.streams = await asyncio.open_connection(self.host, self.port)
+        reader, writer = self.streams
+        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Length: {len(body)}\r\n"
+        writer.write(head.encode() + b"Content-Type: application/json\r\n\r\n" + body)
+        status_line, *header_lines = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        headers = dict(line.split(": ", 1) for line in header_lines if ": " in line)
+        headers = {name.lower(): value for name, value in headers.items()}
+        answer = await reader.readexactly(int(headers.get("content-length", 0)))
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+        return int(status_line.split()[1]), headers, answer
+
+    def close(self) -> None:
+        if self.streams is not None:
+            self.streams[1].close()
+            self.streams = None
 
 
-async def client(
-    number: int, http: httpx.AsyncClient, args, sources: list[str], expected: list[str] | None, stop: float, stats
-) -> None:
+async def client(number: int, args, sources: list[str], expected: list[str] | None, stop: float, stats) -> None:
     position = number * 7919 % len(sources)  # clients start at different sentences
+    http = Http(args.url, args.timeout)
     while time.monotonic() < stop:
         index = position % len(sources)
         position += 1
+        body = json.dumps({"segments": [sources[index]], "beam": args.beam}).encode()
         started = time.perf_counter()
         try:
-            answer = await http.post("/translate", json={"segments": [sources[index]], "beam": args.beam})
-        except httpx.HTTPError as error:
+            status, headers, answer = await http.request("POST", "/translate", body)
+        except (OSError, asyncio.IncompleteReadError, TimeoutError) as error:
             stats["status"][type(error).__name__] += 1
             continue
-        stats["status"][answer.status_code] += 1
-        if answer.status_code == 200:
+        stats["status"][status] += 1
+        if status == 200:
             stats["latency"].append(time.perf_counter() - started)
-            text = answer.json()["translations"][0]["text"]
+            text = json.loads(answer)["translations"][0]["text"]
             if expected is not None and text != expected[index]:
                 stats["different"].append((index, text, expected[index]))
-        elif answer.status_code == 503:
-            if "retry-after" not in answer.headers:
+        elif status == 503:
+            if "retry-after" not in headers:
                 stats["status"]["503 without Retry-After"] += 1
             if args.backoff:
                 await asyncio.sleep(args.backoff)
+    http.close()
 
 
 async def run(args) -> dict:
@@ -57,14 +100,16 @@ async def run(args) -> dict:
     if expected is not None and len(expected) != len(sources):
         sys.exit(f"{args.expected} has {len(expected)} lines, {args.source} {len(sources)}")
     stats = {"status": Counter(), "latency": [], "different": []}
-    limits = httpx.Limits(max_connections=args.clients, max_keepalive_connections=args.clients)
-    async with httpx.AsyncClient(base_url=args.url, timeout=args.timeout, limits=limits) as http:
-        (await http.get("/ready")).raise_for_status()
-        started = time.monotonic()
-        stop = started + args.seconds
-        await asyncio.gather(*(client(k, http, args, sources, expected, stop, stats) for k in range(args.clients)))
-        elapsed = time.monotonic() - started
-        after = await http.post("/translate", json={"segments": [sources[0]], "beam": args.beam})
+    http = Http(args.url, args.timeout)
+    if (await http.request("GET", "/ready"))[0] != 200:
+        sys.exit(f"{args.url}/ready does not answer 200")
+    started = time.monotonic()
+    stop = started + args.seconds
+    await asyncio.gather(*(client(k, args, sources, expected, stop, stats) for k in range(args.clients)))
+    elapsed = time.monotonic() - started
+    body = json.dumps({"segments": [sources[0]], "beam": args.beam}).encode()
+    after = (await http.request("POST", "/translate", body))[0]
+    http.close()
     latency = sorted(stats["latency"])
     ok = len(latency)
 
@@ -84,13 +129,27 @@ async def run(args) -> dict:
         "status": {str(code): count for code, count in sorted(stats["status"].items(), key=str)},
         "different": len(stats["different"]),
         "first_differences": stats["different"][:3],
-        "answers_after": after.status_code,
+        "answers_after": after,
     }
     if args.pid:
-        for line in Path(f"/proc/{args.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                result["server_peak_rss_mib"] = round(int(line.split()[1]) / 1024, 1)
+        peaks = [peak_rss_mib(pid) for pid in [args.pid, *children(args.pid)]]
+        result["server_peak_rss_mib"] = peaks[0]
+        result["workers_peak_rss_mib"] = peaks[1:]
     return result
+
+
+def children(pid: int) -> list[int]:
+    return [
+        int(child) for task in Path(f"/proc/{pid}/task").iterdir() for child in (task / "children").read_text().split()
+    ]
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The process's peak resident memory (VmHWM); pages shared with the server count in each."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
 
 
 def main() -> int:
