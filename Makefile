@@ -61,6 +61,10 @@ bench: $(STAMP)
 scaling: $(STAMP)
 	$(BIN)/python scripts/scaling.py $(ARGS)
 
+# One config trained with N seeds (default 3): validation and test BLEU as mean ± sd.
+seeds: $(STAMP)
+	$(BIN)/python scripts/seeds.py $(ARGS)
+
 # Kill training with SIGKILL 10 times, resume each time, compare with an uninterrupted run.
 faults: $(STAMP)
 	$(BIN)/python scripts/faults.py $(ARGS)

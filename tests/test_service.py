@@ -201,6 +201,26 @@ def test_reload_swaps_in_a_good_checkpoint_and_keeps_serving_after_a_corrupt_one
         assert client.post("/reload").status_code == 200  # the one serving, re-read
 
 
+def test_requests_in_flight_during_a_reload_finish_and_the_old_model_is_let_go(trained_run):
+    last = str(trained_run / "checkpoints" / "last.pt")
+    with serve(trained_run, EngineSettings(workers=2)) as client:
+        engine = client.app.state.engine
+        old_workers = engine.loaded.worker_pids
+        segments = [SOURCES[k % len(SOURCES)] for k in range(64)]
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            busy = [pool.submit(client.post, "/translate", json={"segments": segments, "beam": 4}) for _ in range(3)]
+            while not any(worker.jobs for worker in engine.loaded.workers):
+                time.sleep(0.01)
+            assert client.post("/reload", json={"checkpoint": last}).status_code == 200
+            answers = [future.result(timeout=60) for future in busy]
+        assert [answer.status_code for answer in answers] == [200] * 3
+        deadline = time.monotonic() + 10
+        while any(Path(f"/proc/{pid}").exists() for pid in old_workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(Path(f"/proc/{pid}").exists() for pid in old_workers)  # the old workers ended
+        assert engine._retired == [] and len(engine.loaded.worker_pids) == 2
+
+
 def test_the_openapi_schema_describes_the_requests(client):
     schema = client.get("/openapi.json").json()
     request = schema["components"]["schemas"]["TranslateRequest"]["properties"]

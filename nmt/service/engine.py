@@ -164,7 +164,7 @@ class Engine:
         self._room = threading.Condition()  # guards what the workers hold, and the lists of workers
         self._numbers = itertools.count()
         self._dispatcher: threading.Thread | None = None
-        self._retired: list[LoadedModel] = []  # replaced models whose workers may still be answering
+        self._retired: list[LoadedModel] = []  # replaced models still answering (under _swap)
         self._stopping = False
 
     @property
@@ -188,9 +188,11 @@ class Engine:
         self._queue.put(None)
         if self._dispatcher is not None:
             self._dispatcher.join()
+        with self._swap:
+            models = [self._loaded, *self._retired]
         with self._room:
             self._stopping = True
-            workers = [worker for model in (self._loaded, *self._retired) for worker in model.workers]
+            workers = [worker for model in models for worker in model.workers]
         for worker in workers:
             worker.stop()
         for worker in workers:
@@ -219,11 +221,10 @@ class Engine:
             old, self._loaded = self._loaded, new
             old.retired = True
             idle = old.jobs == 0
+            if not idle:
+                self._retired.append(old)
         if idle:
             self._stop_workers(old)
-        else:
-            with self._room:
-                self._retired.append(old)
         log.info("serving %s (sha256 %s)", new.path, new.sha256[:12])
         return new
 
@@ -289,6 +290,8 @@ class Engine:
         with self._swap:
             loaded.jobs -= 1
             idle = loaded.retired and loaded.jobs == 0
+            if idle:
+                self._retired.remove(loaded)
         if idle:
             self._stop_workers(loaded)
 

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 # One segment's answer: its texts and scores, best first (empty for an empty segment).
 Outcome = tuple[list[str], list[float]]
 PARENT_CHECK_S = 1.0  # how often an idle worker looks whether the server is still there
+REAP_S = 5.0  # how long the server waits for a worker that closed its pipe to exit
 JOIN_GROUP = 4  # sentences that join a search under way together ...
 JOIN_WAIT_STEPS = 8  # ... unless the first has waited this many steps (_Loop._join_now)
 TranslatorFor = Callable[[SearchOptions], Translator]
@@ -237,4 +238,6 @@ class SearchWorker:
             except (EOFError, OSError):
                 break
             self._on_answer(self, answer)
+        if self.process is not None:
+            self.process.join(REAP_S)  # it has closed its pipe: it is ending, or dead
         self._on_lost(self)

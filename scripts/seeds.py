@@ -1,0 +1,102 @@
+"""Train one configuration with several seeds; validation and test BLEU as mean ± standard deviation.
+
+    make seeds ARGS="train=quick N=3"
+    python scripts/seeds.py train=quick model.attention=none N=3 --out runs/seeds/quick-none --beam 5
+
+Everything but N=, --out and --beam is a Hydra override of `nmt-train`. Seed k trains with
+`train.seed=k` into OUT/seed<k>/ (a run directory that `nmt-evaluate` and `nmt-translate` take;
+one already finished is reused), then its best checkpoint is scored on the validation and test
+splits of its corpus (cased sacrebleu BLEU, the beam given). Writes OUT/seeds.md and
+OUT/seeds.json and prints the table. A time budget (train.max_minutes) makes the seeds' step
+counts depend on the machine's load: give a step budget (train.max_steps) for figures that
+another machine can repeat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from nmt.checkpoint import load_checkpoint, resolve_checkpoint
+from nmt.cli.evaluate import corpus_split
+from nmt.scoring import corpus_scores
+from nmt.translation import Translator
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str], int]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, help="where the runs go (default: runs/seeds/<time>)")
+    parser.add_argument("--beam", type=int, default=5, help="beam size of the scoring (default: 5)")
+    args, rest = parser.parse_known_args(argv)
+    seeds = [item for item in rest if item.startswith("N=")]
+    overrides = [item for item in rest if not item.startswith("N=")]
+    count = int(seeds[-1][2:]) if seeds else 3
+    if count < 2:
+        parser.error("N must be at least 2 for a standard deviation")
+    if any(item.startswith(("train.seed=", "hydra.run.dir=")) for item in overrides):
+        parser.error("train.seed and hydra.run.dir are set per seed by this script")
+    args.out = args.out or Path("runs/seeds") / time.strftime("%Y-%m-%d_%H-%M-%S")
+    return args, overrides, count
+
+
+def train(run_dir: Path, overrides: list[str], seed: int) -> float:
+    """Train seed `seed` into run_dir unless it is there already -> wall seconds (0 when reused)."""
+    if (run_dir / ".done").exists():
+        return 0.0
+    started = time.monotonic()
+    command = [sys.executable, "-m", "nmt.cli.train", *overrides, f"train.seed={seed}"]
+    if (run_dir / "checkpoints" / "last.pt").exists():  # interrupted: go on from its last checkpoint
+        command.append(f"train.resume={run_dir}")
+    else:
+        command.append(f"hydra.run.dir={run_dir}")
+    subprocess.run(command, check=True)
+    (run_dir / ".done").write_text("trained\n")
+    return time.monotonic() - started
+
+
+def score(run_dir: Path, split: str, beam: int) -> float:
+    checkpoint = resolve_checkpoint(run_dir)
+    sources, references = corpus_split(checkpoint, split, None)
+    hypotheses = Translator.load(checkpoint, beam_size=beam).translate(sources)
+    return next(s.score for s in corpus_scores(hypotheses, references) if s.name == "BLEU")
+
+
+def mean_sd(values: list[float]) -> str:
+    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, overrides, count = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for seed in range(1, count + 1):
+        run_dir = args.out / f"seed{seed}"
+        seconds = train(run_dir, overrides, seed)
+        step = load_checkpoint(resolve_checkpoint(run_dir))["progress"]["step"]
+        val, test = score(run_dir, "validation", args.beam), score(run_dir, "test", args.beam)
+        rows.append({"seed": seed, "step": step, "train_s": round(seconds), "val_bleu": val, "test_bleu": test})
+        print(f"seed {seed}: step {step}, validation {val:.2f}, test {test:.2f}", flush=True)
+    lines = [
+        f"`nmt-train {' '.join(overrides)}`, {count} seeds, best checkpoint, beam {args.beam}, cased sacrebleu BLEU",
+        "",
+        "| seed | best checkpoint's step | training s | validation BLEU | test BLEU |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+        *(f"| {r['seed']} | {r['step']} | {r['train_s']} | {r['val_bleu']:.2f} | {r['test_bleu']:.2f} |" for r in rows),
+        f"| mean ± sd | | | {mean_sd([r['val_bleu'] for r in rows])} | {mean_sd([r['test_bleu'] for r in rows])} |",
+    ]
+    table = "\n".join(lines)
+    (args.out / "seeds.md").write_text(table + "\n")
+    (args.out / "seeds.json").write_text(
+        json.dumps({"overrides": overrides, "beam": args.beam, "seeds": rows}, indent=2)
+    )
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
