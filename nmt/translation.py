@@ -18,7 +18,7 @@ import copy
 import functools
 import itertools
 import logging
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -29,11 +29,12 @@ from nmt.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from nmt.config import Config, InferenceOptions, SearchOptions
 from nmt.data.batching import collate_src, token_budget_batches
 from nmt.data.tokenizer import Tokenizer
-from nmt.model.device import autocast, resolve_device, resolve_precision
+from nmt.model.device import autocast, native_bf16, resolve_device, resolve_precision
 from nmt.model.onednn import onednn_available, use_onednn_linears
 from nmt.model.quantize import quantize_int8
 from nmt.model.seq2seq import Seq2Seq, build_model
 from nmt.search import DecodingModel, Hypothesis, search, start_search
+from nmt.search.ensemble import Ensemble
 from nmt.workers import can_fork, map_in_workers, resolve_workers
 
 log = logging.getLogger(__name__)
@@ -88,41 +89,52 @@ class Translator:
         self.config: Config | None = None  # the checkpoint's, when loaded from one
         self.max_src_len = InferenceOptions().max_src_len  # source pieces per line; 0: all
         self._frozen_searcher: DecodingModel | None = None
+        self.members: list[Seq2Seq] = []  # an ensemble's other models
 
     @classmethod
     def load(
         cls,
-        run_or_checkpoint: str | Path,
+        run_or_checkpoint: str | Path | Sequence[str | Path],
         search_options: SearchOptions | None = None,
         inference: InferenceOptions | None = None,
         **options: Any,
     ) -> Translator:
-        """The model of a run directory (its best.pt, else last.pt) or of a checkpoint file.
+        """The model of a run directory (its best.pt, else last.pt) or of a checkpoint file; for
+        several, their ensemble (`nmt.search.ensemble`: the mean of their log-probabilities).
 
         `options` are fields of SearchOptions (beam_size, nbest, length_penalty, sample, ...) or
         of InferenceOptions (device, precision, quantize, batch_tokens, workers), by name; they
         override `search_options` and `inference`.
         """
         search_options, inference = split_options(search_options, inference, options)
-        model, tokenizer, payload = load_model(run_or_checkpoint, inference.device)
+        paths = [run_or_checkpoint] if isinstance(run_or_checkpoint, str | Path) else list(run_or_checkpoint)
+        if not paths:
+            raise ValueError("no checkpoint to translate with")
+        device = resolve_device(inference.device)
+        fp32 = inference.precision == "fp32" or (inference.precision == "auto" and not native_bf16(device))
+        onednn = device.type == "cpu" and fp32 and inference.quantize == "none" and onednn_available()
+        loaded = [_load_for_translation(path, inference, onednn) for path in paths]
+        (model, tokenizer, payload), others = loaded[0], loaded[1:]
+        for path, (_, other_tokenizer, _) in zip(paths[1:], others):
+            if other_tokenizer.fingerprint != tokenizer.fingerprint:
+                raise CheckpointError(
+                    f"cannot ensemble {path} with {paths[0]}: their vocabularies differ (tokenizer "
+                    f"{other_tokenizer.fingerprint} against {tokenizer.fingerprint}); an ensemble's models "
+                    "must share the tokenizer they were trained with"
+                )
         device = next(model.parameters()).device
-        if inference.quantize == "int8":
-            if device.type != "cpu":
-                raise ValueError("int8 quantization runs on the CPU only; use device cpu")
-            quantize_int8(model)
         translator = cls(
             model, tokenizer, search_options, device, inference.batch_tokens, inference.precision, inference.workers
         )
-        if (
-            device.type == "cpu"
-            and translator.precision == "fp32"
-            and inference.quantize != "int8"
-            and onednn_available()
-        ):
-            use_onednn_linears(model)
+        translator.members = [other_model for other_model, _, _ in others]
         translator.config = Config.from_dict(payload["config"])
         translator.max_src_len = inference.max_src_len
         return translator
+
+    @property
+    def models(self) -> list[Seq2Seq]:
+        """The model, and the other members of an ensemble."""
+        return [self.model, *self.members]
 
     def freeze(self) -> Translator:
         """Promise that the weights will not change any more (a served model): search's tables
@@ -133,7 +145,8 @@ class Translator:
     def _searcher(self) -> DecodingModel:
         # fp32 searches look the first layer's embedding half up in a table made from the weights
         # (bf16 autocast would cast it back at every step: it multiplies).
-        return self.model.for_search() if self.precision == "fp32" else self.model
+        searchers = [model.for_search() if self.precision == "fp32" else model for model in self.models]
+        return searchers[0] if len(searchers) == 1 else Ensemble(searchers)
 
     def with_options(self, search_options: SearchOptions) -> Translator:
         """The same model, tokenizer and batching with other search options."""
@@ -194,7 +207,8 @@ class Translator:
         # +1 for the eos that collate_src appends.
         batches = token_budget_batches([len(ids) + 1 for ids in src_ids], self.batch_tokens)
         was_training = self.model.training
-        self.model.eval()
+        for model in self.models:
+            model.eval()
         try:
             # The weights stay as they are for this call: search may use tables made from them.
             searcher = self._frozen_searcher or self._searcher()
@@ -211,7 +225,8 @@ class Translator:
                 for i, hypotheses in zip(batch, hypotheses_of_batch):
                     results[i] = hypotheses
         finally:
-            self.model.train(was_training)
+            for model in self.models:
+                model.train(was_training)
         return results
 
     def _search_batch(self, searcher: DecodingModel, src_ids: list[list[int]]) -> list[list[Hypothesis]]:
@@ -297,6 +312,20 @@ def split_options(
     search_options = replace(search_options or SearchOptions(), **search_changes)
     inference = replace(inference or InferenceOptions(), **inference_changes)
     return search_options, inference
+
+
+def _load_for_translation(
+    run_or_checkpoint: str | Path, inference: InferenceOptions, onednn: bool
+) -> tuple[Seq2Seq, Tokenizer, dict]:
+    """load_model, then int8 quantization as `inference` asks, or oneDNN products."""
+    model, tokenizer, payload = load_model(run_or_checkpoint, inference.device)
+    if inference.quantize == "int8":
+        if next(model.parameters()).device.type != "cpu":
+            raise ValueError("int8 quantization runs on the CPU only; use device cpu")
+        quantize_int8(model)
+    elif onednn:
+        use_onednn_linears(model)
+    return model, tokenizer, payload
 
 
 def load_model(run_or_checkpoint: str | Path, device: str = "auto") -> tuple[Seq2Seq, Tokenizer, dict]:

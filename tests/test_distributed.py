@@ -122,6 +122,7 @@ def _mean_loss(checkpoint: Path, config) -> float:
     return float(nll) / batch.num_tgt_tokens
 
 
+@pytest.mark.slow  # 18 s; test_two_ranks_sum_to_the_one_process_gradient holds the same in one step
 def test_a_two_rank_run_trains_the_one_process_model(text_corpus, tmp_path):
     config = tiny_config(text_corpus, max_steps=50, validate_every=50, save_every=50)
     config.model.dropout = 0.0

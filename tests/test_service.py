@@ -240,15 +240,25 @@ def test_the_page_and_its_assets_come_from_the_server_itself(client):
 
 # --- the command ----------------------------------------------------------------------------------
 def test_sigterm_finishes_the_requests_in_flight_then_exits_0(trained_run):
-    process, url = start_server(trained_run)
-    segments = [SOURCES[k % len(SOURCES)] for k in range(64)]  # long enough to be in flight
+    process, url = start_server(trained_run, "--workers", "2")
+    workers = [
+        int(child)
+        for task in Path(f"/proc/{process.pid}/task").iterdir()
+        for child in (task / "children").read_text().split()
+    ]
+    assert workers  # the search workers, forked at start
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)  # requests stay in flight until the server has been told to stop
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         futures = [
-            pool.submit(httpx.post, f"{url}/translate", json={"segments": segments[k:], "beam": 4}, timeout=60)
+            pool.submit(httpx.post, f"{url}/translate", json={"segments": [SOURCES[k]], "beam": 4}, timeout=60)
             for k in range(8)
         ]
-        time.sleep(0.15)  # the requests are in
+        time.sleep(1.0)  # the requests are in
         process.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
         answers = [future.result() for future in futures]
     output, _ = process.communicate(timeout=60)
     assert [answer.status_code for answer in answers] == [200] * 8

@@ -268,6 +268,7 @@ def test_the_average_follows_its_formula():
         assert torch.equal(p.detach(), t)
 
 
+@pytest.mark.slow  # 9 s; tests/test_schedule.py holds the schedule itself
 def test_an_annealed_rate_falls_to_min_lr_and_resumes_on_the_same_fall(text_corpus, tmp_path, monkeypatch):
     options = dict(max_steps=12, lr_decay_factor=1.0, lr_anneal=0.5, min_lr=1e-4)
     straight = tmp_path / "straight"

@@ -1,6 +1,7 @@
 """`nmt-evaluate`: BLEU, chrF and TER with sacrebleu, each with its signature. Three ways in:
 
     nmt-evaluate RUN_OR_CKPT [RUN_OR_CKPT ...] --split test    # the corpus the run trained on
+    nmt-evaluate RUN1 RUN2 [...] --ensemble --split test       # the models as one ensemble
     nmt-evaluate RUN_OR_CKPT --src FILE --ref FILE             # any parallel text
     nmt-evaluate --hyp FILE --ref FILE                         # translations made elsewhere
 
@@ -43,19 +44,22 @@ class Evaluation:
 
 
 def evaluate_model(
-    checkpoint: Path, sources: list[str], references: list[str], split: str, args: argparse.Namespace
+    checkpoints: list[Path], sources: list[str], references: list[str], split: str, args: argparse.Namespace
 ) -> Evaluation:
-    """Translate `sources` with the checkpoint, score, and write hypotheses + JSON to results/."""
+    """Translate `sources` with the checkpoint (several: their ensemble), score, and write
+    hypotheses + JSON to the (first) checkpoint's run's results/."""
     search_options, inference = options_from_args(SearchOptions, args), options_from_args(InferenceOptions, args)
-    translator = Translator.load(checkpoint, search_options, inference)
+    translator = Translator.load(checkpoints, search_options, inference)
     started = time.perf_counter()
     hypotheses = translator.translate(sources)
     seconds = time.perf_counter() - started
     scores = corpus_scores(hypotheses, references, args.lowercase_bleu)
-    evaluation = Evaluation(str(checkpoint), split, search_options.beam_size, len(sources), scores, seconds)
-    out_dir = _results_dir(checkpoint)
+    name = " + ".join(map(str, checkpoints))
+    evaluation = Evaluation(name, split, search_options.beam_size, len(sources), scores, seconds)
+    out_dir = _results_dir(checkpoints[0])
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{split}.{checkpoint.stem}.beam{search_options.beam_size}"
+    stem = f"{split}.{checkpoints[0].stem}" + (f".ensemble{len(checkpoints)}" if len(checkpoints) > 1 else "")
+    stem += f".beam{search_options.beam_size}"
     if inference.precision != "fp32" or inference.quantize != "none":
         stem += f".{inference.quantize if inference.quantize != 'none' else inference.precision}"
     if search_options.sample:
@@ -63,6 +67,7 @@ def evaluate_model(
     (out_dir / f"{stem}.hyp").write_text("".join(h + "\n" for h in hypotheses), encoding="utf-8")
     result = {
         **asdict(evaluation),
+        "checkpoints": [str(checkpoint) for checkpoint in checkpoints],
         "sentences_per_s": evaluation.sentences_per_s,
         "search": asdict(search_options),
         "inference": asdict(inference),
@@ -126,6 +131,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--testset", help="a sacrebleu test set name, e.g. wmt16 (sacrebleu downloads it)")
     parser.add_argument("--langpair", help="with --testset: e.g. de-en (default: the run's languages)")
     parser.add_argument(
+        "--ensemble",
+        action="store_true",
+        help="translate with the checkpoints as one ensemble (the mean of their log-probabilities) "
+        "instead of scoring each",
+    )
+    parser.add_argument(
         "--lowercase-bleu",
         action="store_true",
         help="also the lowercased BLEU most Multi30k papers report (BLEU-lc, with its signature)",
@@ -140,6 +151,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--src and --hyp need --ref")
     if args.hyp is None and not args.checkpoints:
         parser.error("give a run directory or checkpoint to translate with")
+    if args.ensemble and len(args.checkpoints) < 2:
+        parser.error("--ensemble needs at least two run directories or checkpoints")
     return args
 
 
@@ -149,8 +162,13 @@ def evaluations(args: argparse.Namespace) -> list[Evaluation]:
         scores = corpus_scores(hypotheses, references, args.lowercase_bleu)
         return [Evaluation(args.hyp, Path(args.ref).name, 0, len(hypotheses), scores)]
     results = []
-    for run_or_checkpoint in args.checkpoints:
-        checkpoint = resolve_checkpoint(run_or_checkpoint)
+    models = (
+        [[resolve_checkpoint(c) for c in args.checkpoints]]
+        if args.ensemble
+        else [[resolve_checkpoint(c)] for c in args.checkpoints]
+    )
+    for checkpoints in models:
+        checkpoint = checkpoints[0]
         if args.split:
             sources, references = corpus_split(checkpoint, args.split, args.source)
             split = args.split
@@ -162,7 +180,7 @@ def evaluations(args: argparse.Namespace) -> list[Evaluation]:
             split = Path(args.src).name
         if len(sources) != len(references):
             raise ValueError(f"{len(sources)} source lines but {len(references)} references")
-        results.append(evaluate_model(checkpoint, sources, references, split, args))
+        results.append(evaluate_model(checkpoints, sources, references, split, args))
     return results
 
 

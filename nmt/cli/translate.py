@@ -1,6 +1,7 @@
 """`nmt-translate`: one output line for every input line, in order, over `nmt.translation.Translator`.
 
     nmt-translate RUN_OR_CKPT [-i FILE] [-o FILE] [--beam 5] [--nbest N] [--sample ...]
+    nmt-translate RUN1 RUN2 [...] -i FILE      # an ensemble: the mean of the models' log-probabilities
 
 Input is read in chunks of what is already waiting (at most 2,000 lines), so a file or a long
 pipe is translated in full batches while a line typed at a terminal or written into an open pipe
@@ -39,7 +40,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="nmt-translate",
         description="Translate text with a trained model: one output line for every input line, in order.",
     )
-    parser.add_argument("checkpoint", metavar="RUN_OR_CKPT", help="run directory (its best.pt) or .pt checkpoint")
+    parser.add_argument(
+        "checkpoints",
+        nargs="+",
+        metavar="RUN_OR_CKPT",
+        help="run directory (its best.pt) or .pt checkpoint; several: their ensemble (mean log-probabilities)",
+    )
     parser.add_argument("-i", "--input", help="input file (default: stdin)")
     parser.add_argument("-o", "--output", help="output file (default: stdout)")
     parser.add_argument("--scores", action="store_true", help="write SCORE<tab>TEXT for the best hypothesis")
@@ -67,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp_path = out_path.with_name(f".{out_path.name}.partial") if out_path else None
     try:
         search_options = replace(options_from_args(SearchOptions, args), return_attention=args.attention is not None)
-        translator = Translator.load(args.checkpoint, search_options, options_from_args(InferenceOptions, args))
+        translator = Translator.load(args.checkpoints, search_options, options_from_args(InferenceOptions, args))
         # Opened here, closed by the `with` below: a missing input or output directory is one line.
         source = open(args.input, "rb") if args.input else sys.stdin.buffer  # noqa: SIM115
         total = _count_lines(args.input) if args.input else None
