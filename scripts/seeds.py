@@ -44,10 +44,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     return args, overrides, count
 
 
-def train(run_dir: Path, overrides: list[str], seed: int) -> float:
-    """Train seed `seed` into run_dir unless it is there already -> wall seconds (0 when reused)."""
-    if (run_dir / ".done").exists():
-        return 0.0
+def train(run_dir: Path, overrides: list[str], seed: int) -> float | None:
+    """Train seed `seed` into run_dir unless it is there already -> the wall seconds its training
+    took (None when not known: reused from a run that did not record them)."""
+    done = run_dir / ".done"
+    if done.exists():
+        recorded = done.read_text().strip()
+        return float(recorded) if recorded.replace(".", "", 1).isdigit() else None
     started = time.monotonic()
     command = [sys.executable, "-m", "nmt.cli.train", *overrides, f"train.seed={seed}"]
     if (run_dir / "checkpoints" / "last.pt").exists():  # interrupted: go on from its last checkpoint
@@ -55,8 +58,9 @@ def train(run_dir: Path, overrides: list[str], seed: int) -> float:
     else:
         command.append(f"hydra.run.dir={run_dir}")
     subprocess.run(command, check=True)
-    (run_dir / ".done").write_text("trained\n")
-    return time.monotonic() - started
+    seconds = time.monotonic() - started
+    done.write_text(f"{seconds:.0f}\n")
+    return seconds
 
 
 def score(run_dir: Path, split: str, beam: int) -> float:
@@ -79,14 +83,19 @@ def main(argv: list[str] | None = None) -> int:
         seconds = train(run_dir, overrides, seed)
         step = load_checkpoint(resolve_checkpoint(run_dir))["progress"]["step"]
         val, test = score(run_dir, "validation", args.beam), score(run_dir, "test", args.beam)
-        rows.append({"seed": seed, "step": step, "train_s": round(seconds), "val_bleu": val, "test_bleu": test})
+        train_s = None if seconds is None else round(seconds)
+        rows.append({"seed": seed, "step": step, "train_s": train_s, "val_bleu": val, "test_bleu": test})
         print(f"seed {seed}: step {step}, validation {val:.2f}, test {test:.2f}", flush=True)
     lines = [
         f"`nmt-train {' '.join(overrides)}`, {count} seeds, best checkpoint, beam {args.beam}, cased sacrebleu BLEU",
         "",
         "| seed | best checkpoint's step | training s | validation BLEU | test BLEU |",
         "| ---: | ---: | ---: | ---: | ---: |",
-        *(f"| {r['seed']} | {r['step']} | {r['train_s']} | {r['val_bleu']:.2f} | {r['test_bleu']:.2f} |" for r in rows),
+        *(
+            f"| {r['seed']} | {r['step']} | {r['train_s'] if r['train_s'] is not None else '-'} "
+            f"| {r['val_bleu']:.2f} | {r['test_bleu']:.2f} |"
+            for r in rows
+        ),
         f"| mean ± sd | | | {mean_sd([r['val_bleu'] for r in rows])} | {mean_sd([r['test_bleu'] for r in rows])} |",
     ]
     table = "\n".join(lines)
