@@ -23,6 +23,7 @@ import torch
 
 from nmt.config import Config, DataConfig, DecoderConfig, EncoderConfig, ModelConfig, TokenizerConfig, TrainConfig
 from nmt.data.batching import pad
+from nmt.data.tokenizer import EOS_ID
 from nmt.model.seq2seq import Seq2Seq, build_model
 
 SUBJECTS = [
@@ -90,6 +91,17 @@ def small_model(**overrides) -> Seq2Seq:
     options.update(overrides)
     torch.manual_seed(0)
     return build_model(ModelConfig(**options), VOCAB, VOCAB).eval()
+
+
+def lively_model(**overrides) -> Seq2Seq:
+    """small_model with its weights scaled up (a small random model repeats one piece) and eos made
+    likely: its sentences take different pieces and end at different steps."""
+    model = small_model(**overrides)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.mul_(12)
+        model.decoder.output.bias[EOS_ID] += 3
+    return model
 
 
 def random_batch(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,7 +3,7 @@ protocol (any cell and attention), and refused across vocabularies."""
 
 import pytest
 import torch
-from helpers import PAIRS, random_batch, small_model
+from helpers import PAIRS, lively_model, random_batch
 
 import nmt.cli.evaluate
 import nmt.cli.translate
@@ -13,17 +13,6 @@ from nmt.data.tokenizer import BOS_ID, EOS_ID
 from nmt.search import search, start_search
 from nmt.search.ensemble import Ensemble
 from nmt.translation import Translator
-
-
-def lively(**overrides):
-    """A small model whose outputs vary (weights scaled up, eos likely: see test_running_search)."""
-    model = small_model(**overrides)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.mul_(12)
-        model.decoder.output.bias[EOS_ID] += 3
-    return model
-
 
 MEMBERS = [
     dict(attention="bahdanau"),
@@ -42,7 +31,7 @@ def rescored(model, src, lengths, tokens: list[int]) -> float:
 
 @pytest.mark.parametrize("beam", [1, 3])
 def test_an_ensembles_hypotheses_score_the_mean_of_its_members_log_probabilities(beam):
-    members = [lively(**options) for options in MEMBERS]
+    members = [lively_model(**options) for options in MEMBERS]
     src, lengths = random_batch([5, 3, 8])
     options = SearchOptions(beam_size=beam, nbest=beam, length_penalty="none", max_len_a=1.0, max_len_b=3)
     results = search(Ensemble(members), src, lengths, options)
@@ -56,7 +45,7 @@ def test_an_ensembles_hypotheses_score_the_mean_of_its_members_log_probabilities
 
 
 def test_an_ensemble_of_a_model_with_itself_is_the_model_and_joins_running_searches():
-    model = lively()
+    model = lively_model()
     src, lengths = random_batch([5, 3, 8, 2])
     options = SearchOptions(beam_size=3, nbest=2, max_len_a=1.0, max_len_b=3)
     alone = search(model, src, lengths, options)

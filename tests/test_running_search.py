@@ -5,26 +5,14 @@ import copy
 
 import pytest
 import torch
-from helpers import PAIRS, random_batch, small_model
+from helpers import PAIRS, lively_model, random_batch, small_model
 
 from nmt.config import DecoderConfig, SearchOptions
-from nmt.data.tokenizer import EOS_ID
 from nmt.model.onednn import OneDNNLinear, onednn_available, use_onednn_linears
 from nmt.search import can_join, search, start_search
 from nmt.translation import Translator
 
 OPTIONS = dict(max_len_a=1.0, max_len_b=3, min_len=2)  # each sentence its own length limit
-
-
-def lively_model(**overrides):
-    """small_model with weights scaled up (a small random model repeats one piece) and eos made
-    likely: its sentences take different pieces and end at different steps."""
-    model = small_model(**overrides)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.mul_(12)
-        model.decoder.output.bias[EOS_ID] += 3
-    return model
 
 
 def join_one_per_step(model, src: torch.Tensor, lengths: torch.Tensor, options: SearchOptions) -> dict:

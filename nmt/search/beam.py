@@ -19,7 +19,7 @@ from nmt.data.tokenizer import BOS_ID, EOS_ID
 from nmt.search.constraints import block_repeated_ngrams, restrict_eos
 from nmt.search.hypothesis import Hypothesis, best_first, length_penalty, make_hypothesis, max_output_lengths
 from nmt.search.protocol import DecoderState, DecodingModel
-from nmt.search.running import Finished, can_join, decode_all, own_tokens
+from nmt.search.running import Finished, can_join, decode_all, own_tokens, take_in
 
 
 @torch.no_grad()
@@ -80,16 +80,9 @@ class BeamSearch:
             "history": history.to(device),
             "prev_tokens": torch.full((sentences * width,), BOS_ID, dtype=torch.long, device=device),
         }
-        if self.state is None:
-            self.state = state
-            for name, tensor in new.items():
-                setattr(self, name, tensor)
-            if options.return_attention:
-                self.attention = torch.empty(sentences, 0, src.size(1), device=device)
-        else:
-            self.state = self.state.join(state)
-            for name, tensor in new.items():
-                setattr(self, name, torch.cat([getattr(self, name), tensor]))
+        if self.state is None and options.return_attention:
+            self.attention = torch.empty(sentences, 0, src.size(1), device=device)
+        take_in(self, state, new)
 
     @torch.no_grad()
     def step(self) -> Finished:

@@ -17,7 +17,7 @@ from nmt.data.tokenizer import BOS_ID, EOS_ID
 from nmt.search.constraints import block_repeated_ngrams, restrict_eos
 from nmt.search.hypothesis import Hypothesis, best_first, make_hypothesis, max_output_lengths
 from nmt.search.protocol import DecoderState, DecodingModel
-from nmt.search.running import Finished, can_join, decode_all, own_tokens
+from nmt.search.running import Finished, can_join, decode_all, own_tokens, take_in
 from nmt.search.sampling import sampler
 
 
@@ -70,16 +70,9 @@ class GreedySearch:
             "limits": limits,
             "prev_tokens": torch.full((rows,), BOS_ID, dtype=torch.long, device=device),
         }
-        if self.state is None:
-            self.state = state
-            for name, tensor in new.items():
-                setattr(self, name, tensor)
-            if options.return_attention:
-                self.attention = torch.zeros(rows, 0, src.size(1), device=device)
-        else:
-            self.state = self.state.join(state)
-            for name, tensor in new.items():
-                setattr(self, name, torch.cat([getattr(self, name), tensor]))
+        if self.state is None and options.return_attention:
+            self.attention = torch.zeros(rows, 0, src.size(1), device=device)
+        take_in(self, state, new)
 
     @torch.no_grad()
     def step(self) -> Finished:

@@ -56,6 +56,19 @@ def decode_all(search: RunningSearch, src: torch.Tensor, src_lengths: torch.Tens
     return [results[i] for i in range(src.size(0))]
 
 
+def take_in(search, state, per_row: dict[str, torch.Tensor]) -> None:
+    """Make a new batch's decoder state and per-row tensors (attribute name -> tensor) the
+    search's, when it is idle, or append them to its own (`DecoderState.join`)."""
+    if search.state is None:
+        search.state = state
+        for name, tensor in per_row.items():
+            setattr(search, name, tensor)
+        return
+    search.state = search.state.join(state)
+    for name, tensor in per_row.items():
+        setattr(search, name, torch.cat([getattr(search, name), tensor]))
+
+
 def own_tokens(history: list[list[int]], steps: list[int]) -> list[list[int]]:
     """Rows of a history whose sentences joined at different steps (rows (T,), the newest piece
     last) -> each row's own `steps` pieces."""
