@@ -271,6 +271,7 @@ def test_a_killed_rank_ends_the_job_with_one_message_naming_it(text_corpus, tmp_
     assert load_checkpoint(run / "checkpoints" / "last.pt")["progress"]["step"] > 0
 
 
+@pytest.mark.slow  # 13 s: two torchrun launchers and their rendezvous
 def test_two_torchrun_nodes_train_one_run_together(text_corpus, tmp_path):
     """Two `torchrun --nnodes 2` commands (here on one machine) rendezvous and train one run."""
     run, port = tmp_path / "run", free_port()
@@ -321,7 +322,12 @@ def test_the_launcher_names_the_rank_that_failed_first_not_the_ranks_that_lost_i
 
 
 @pytest.mark.parametrize(
-    "stop_signal, exit_code", [pytest.param(signal.SIGTERM, 143, marks=pytest.mark.slow), (signal.SIGINT, 130)]
+    # 24 s each; test_train's signal test holds the one-process path in `make test`
+    "stop_signal, exit_code",
+    [
+        pytest.param(signal.SIGTERM, 143, marks=pytest.mark.slow),
+        pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow),
+    ],
 )
 def test_a_signal_stops_every_rank_after_the_same_step_and_the_run_resumes(
     text_corpus, tmp_path, stop_signal, exit_code
