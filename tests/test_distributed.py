@@ -319,6 +319,11 @@ def test_the_launcher_names_the_rank_that_failed_first_not_the_ranks_that_lost_i
     raised = {0: failure(LOST_PEER_EXIT), 3: failure(1, 7)}
     assert describe_failures(raised) == ("training process rank 3 failed with exit status 1 (its error is above)", 1)
     assert describe_failures({0: failure(2), 1: failure(2)})[1] == 2  # a user error every rank has reported
+    # A user error one rank reported before the other reached it: that rank lost its peer, or the
+    # launcher stopped it. Still the user's error: exit 2 (this raced in a test of empty data).
+    assert describe_failures({0: failure(2), 1: failure(-int(signal.SIGTERM))})[1] == 2
+    assert describe_failures({0: failure(2), 1: failure(LOST_PEER_EXIT)})[1] == 2
+    assert describe_failures({0: failure(2), 1: failure(-int(signal.SIGKILL))})[1] == 1  # killed from outside
 
 
 @pytest.mark.parametrize(

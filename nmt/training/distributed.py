@@ -242,9 +242,11 @@ def launch(processes: int, argv: Sequence[str], max_restarts: int = 0) -> None:
 
 def describe_failures(failures: dict) -> tuple[str, int]:
     """One line for the failure that came first: a rank killed by a signal, else a rank's own
-    error; with exit status 2 when every rank stopped on a user error it has already reported."""
-    if all(failure.exitcode == 2 for failure in failures.values()):
-        return "every training process stopped on the error above", 2
+    error; with exit status 2 when the ranks stopped on a user error already reported, the ranks
+    that had not reached it yet having lost their peer or been stopped by the launcher."""
+    codes = [failure.exitcode for failure in failures.values()]
+    if 2 in codes and all(code in (2, LOST_PEER_EXIT, -signal.SIGTERM) for code in codes):
+        return "training stopped on the error above", 2
     stopped = {failure.exitcode for failure in failures.values()} & {128 + signal.SIGINT, 128 + signal.SIGTERM}
     if stopped and all(failure.exitcode in stopped for failure in failures.values()):
         code = min(stopped)
