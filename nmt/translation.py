@@ -142,6 +142,16 @@ class Translator:
         self._frozen_searcher = self._searcher()
         return self
 
+    def searcher(self) -> DecodingModel:
+        """What search steps: the model (or ensemble) with its tables, made now unless frozen."""
+        return self._frozen_searcher or self._searcher()
+
+    @contextlib.contextmanager
+    def searching(self) -> Iterator[None]:
+        """No autograd, this translator's precision: the context every search step runs in."""
+        with torch.inference_mode(), autocast(self.precision, self.device):
+            yield
+
     def _searcher(self) -> DecodingModel:
         # fp32 searches look the first layer's embedding half up in a table made from the weights
         # (bf16 autocast would cast it back at every step: it multiplies).
@@ -211,7 +221,7 @@ class Translator:
             model.eval()
         try:
             # The weights stay as they are for this call: search may use tables made from them.
-            searcher = self._frozen_searcher or self._searcher()
+            searcher = self.searcher()
             search_batch = functools.partial(self._search_batch, searcher)
             if self.workers > 1 and len(batches) > 1:
                 # Longest sentences first (batches come shortest first): the workers finish together.
@@ -230,7 +240,7 @@ class Translator:
         return results
 
     def _search_batch(self, searcher: DecodingModel, src_ids: list[list[int]]) -> list[list[Hypothesis]]:
-        with _SearchContext(self):
+        with self.searching():
             src, src_lengths = collate_src(src_ids)
             return search(searcher, src.to(self.device), src_lengths, self.options)
 
@@ -246,8 +256,7 @@ class RunningTranslation:
 
     def __init__(self, translator: Translator) -> None:
         self.translator = translator
-        searcher = translator._frozen_searcher or translator._searcher()
-        self.search = start_search(searcher, translator.options)
+        self.search = start_search(translator.searcher(), translator.options)
         self.pending: dict[Hashable, list[Translation]] = {}  # requests in progress
         self.lines_to_go: dict[Hashable, int] = {}
 
@@ -268,14 +277,14 @@ class RunningTranslation:
             keys += [(key, i) for i in todo]
             src_ids += ids
         if src_ids:
-            with _SearchContext(self.translator):
+            with self.translator.searching():
                 src, src_lengths = collate_src(src_ids)
                 self.search.add(src.to(self.translator.device), src_lengths, keys)
         return done
 
     def step(self) -> list[tuple[Hashable, list[Translation]]]:
         """Decode one piece of every sentence -> the requests now done, with their translations."""
-        with _SearchContext(self.translator):
+        with self.translator.searching():
             finished = self.search.step()
         done = []
         for (key, line), hypotheses in finished:
@@ -285,15 +294,6 @@ class RunningTranslation:
                 del self.lines_to_go[key]
                 done.append((key, self.pending.pop(key)))
         return done
-
-
-class _SearchContext(contextlib.ExitStack):
-    """No autograd, the translator's precision."""
-
-    def __init__(self, translator: Translator) -> None:
-        super().__init__()
-        self.enter_context(torch.inference_mode())
-        self.enter_context(autocast(translator.precision, translator.device))
 
 
 def split_options(

@@ -17,9 +17,9 @@ import torch
 from nmt.config import SearchOptions
 from nmt.data.tokenizer import BOS_ID, EOS_ID
 from nmt.search.constraints import block_repeated_ngrams, restrict_eos
-from nmt.search.hypothesis import Hypothesis, best_first, length_penalty, make_hypothesis, max_output_lengths
+from nmt.search.hypothesis import Hypothesis, best_first, length_penalty, make_hypothesis
 from nmt.search.protocol import DecoderState, DecodingModel
-from nmt.search.running import Finished, can_join, decode_all, own_tokens, take_in
+from nmt.search.running import Finished, decode_all, new_rows, own_tokens, take_in
 
 
 @torch.no_grad()
@@ -60,10 +60,7 @@ class BeamSearch:
     @torch.no_grad()
     def add(self, src: torch.Tensor, src_lengths: torch.Tensor, keys: Sequence[Hashable]) -> None:
         options, device, sentences = self.options, src.device, src.size(0)
-        if self.state is not None and not can_join(options):
-            raise ValueError("sentences cannot join a search that blocks n-grams or keeps attention")
-        state = self.model.init_decoder(self.model.encode(src, src_lengths))
-        limits = max_output_lengths(src_lengths, options.max_len_a, options.max_len_b, options.max_len_cap).to(device)
+        state, limits = new_rows(self, src, src_lengths)
         self.keys += keys
         self.finished.update((key, []) for key in keys)
         width = self.width if self.busy else 1
@@ -71,13 +68,15 @@ class BeamSearch:
         if width > 1:  # expands as one row: the others cannot win
             state = state.reorder_beams(torch.arange(sentences, device=device).repeat_interleave(width))
             scores[:, 1:] = -math.inf
-        history = torch.zeros(sentences * width, self.history.size(1) if self.busy else 0, dtype=torch.long)
+        history = torch.zeros(
+            sentences * width, self.history.size(1) if self.busy else 0, dtype=torch.long, device=device
+        )
         new = {
             "limits": limits,
             "steps": torch.zeros(sentences, dtype=torch.long, device=device),
             "nbest_score": torch.full((sentences,), -math.inf, device=device),
             "scores": scores,
-            "history": history.to(device),
+            "history": history,
             "prev_tokens": torch.full((sentences * width,), BOS_ID, dtype=torch.long, device=device),
         }
         if self.state is None and options.return_attention:
@@ -112,7 +111,7 @@ class BeamSearch:
         top_scores, top_ids = candidates.topk(2 * k, dim=1)  # (live, 2k): at least k do not end
         top_beams, top_tokens = (top_ids // vocab).clamp(max=width - 1), top_ids % vocab
         is_eos = top_tokens == EOS_ID
-        step_attention = self.state.attention_weights
+        step_attention = self.state.attention_weights if self.attention is not None else None
         sentence, column = (is_eos[:, :k] & top_scores[:, :k].isfinite()).nonzero().unbind(1)
         ending_rows = sentence * width + top_beams[sentence, column]  # the rows whose next token is eos
         # One conversion to Python per step, not one per hypothesis.
@@ -124,7 +123,7 @@ class BeamSearch:
             top_scores[sentence, column].tolist(),
         ):
             attention = None
-            if self.attention is not None and step_attention is not None:
+            if step_attention is not None:
                 attention = torch.cat([self.attention[row], step_attention[row : row + 1].float()])
             self._add_finished(live_sentence, make_hypothesis(tokens, log_prob, attention, self.options))
         # The k best candidates that do not end continue, best first.

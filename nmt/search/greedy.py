@@ -15,9 +15,9 @@ import torch
 from nmt.config import SearchOptions
 from nmt.data.tokenizer import BOS_ID, EOS_ID
 from nmt.search.constraints import block_repeated_ngrams, restrict_eos
-from nmt.search.hypothesis import Hypothesis, best_first, make_hypothesis, max_output_lengths
+from nmt.search.hypothesis import Hypothesis, best_first, make_hypothesis
 from nmt.search.protocol import DecoderState, DecodingModel
-from nmt.search.running import Finished, can_join, decode_all, own_tokens, take_in
+from nmt.search.running import Finished, decode_all, new_rows, own_tokens, take_in
 from nmt.search.sampling import sampler
 
 
@@ -51,10 +51,7 @@ class GreedySearch:
     @torch.no_grad()
     def add(self, src: torch.Tensor, src_lengths: torch.Tensor, keys: Sequence[Hashable]) -> None:
         options, device, sentences = self.options, src.device, src.size(0)
-        if self.state is not None and not can_join(options):
-            raise ValueError("sentences cannot join a search that samples, blocks n-grams or keeps attention")
-        state = self.model.init_decoder(self.model.encode(src, src_lengths))
-        limits = max_output_lengths(src_lengths, options.max_len_a, options.max_len_b, options.max_len_cap).to(device)
+        state, limits = new_rows(self, src, src_lengths)
         if self.copies > 1:
             row_sentence = torch.arange(sentences, device=device).repeat_interleave(self.copies)
             state, limits = state.select_sentences(row_sentence), limits[row_sentence]

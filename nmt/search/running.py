@@ -17,7 +17,7 @@ from typing import Protocol
 import torch
 
 from nmt.config import SearchOptions
-from nmt.search.hypothesis import Hypothesis
+from nmt.search.hypothesis import Hypothesis, max_output_lengths
 
 Finished = list[tuple[Hashable, list[Hypothesis]]]  # (key, its nbest hypotheses, best first)
 
@@ -54,6 +54,17 @@ def decode_all(search: RunningSearch, src: torch.Tensor, src_lengths: torch.Tens
     while search.busy:
         results.update(search.step())
     return [results[i] for i in range(src.size(0))]
+
+
+def new_rows(search, src: torch.Tensor, src_lengths: torch.Tensor):
+    """The decoder state (a row per sentence) and length limits (sentences,) of sentences that
+    join `search`; refused while it is busy with options that cannot take late sentences."""
+    options = search.options
+    if search.busy and not can_join(options):
+        raise ValueError("sentences cannot join a search under way that samples, blocks n-grams or keeps attention")
+    state = search.model.init_decoder(search.model.encode(src, src_lengths))
+    limits = max_output_lengths(src_lengths, options.max_len_a, options.max_len_b, options.max_len_cap)
+    return state, limits.to(src.device)
 
 
 def take_in(search, state, per_row: dict[str, torch.Tensor]) -> None:

@@ -16,7 +16,7 @@ import multiprocessing
 import os
 import threading
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import astuple, dataclass
 from multiprocessing.connection import Connection
 
@@ -105,8 +105,7 @@ class _Loop:
         try:
             answer = outcomes(self.translator_for(request.options).translate_lines(request.segments))
         except Exception:
-            log.exception("search failed")
-            self._send(Answer(request.number, None, traceback.format_exc(), self.searches))
+            self._fail([request.number])
             return
         self._send(Answer(request.number, answer, "", self.searches))
 
@@ -129,9 +128,7 @@ class _Loop:
                 try:
                     self.running[key] = self.translator_for(requests[0].options).running()
                 except Exception:
-                    log.exception("search failed")
-                    for request in requests:
-                        self._send(Answer(request.number, None, traceback.format_exc(), self.searches))
+                    self._fail([request.number for request in requests])
                     continue
                 self.searches += 1
             joining = {request.number: request.segments for request in requests}
@@ -144,9 +141,7 @@ class _Loop:
         try:
             done = work(search)
         except Exception:
-            log.exception("search failed")
-            for number in dict.fromkeys([*search.pending, *joining]):
-                self._send(Answer(number, None, traceback.format_exc(), self.searches))
+            self._fail(dict.fromkeys([*search.pending, *joining]))
             del self.running[key]
             return
         for number, translations in done:
@@ -156,6 +151,13 @@ class _Loop:
 
     def _send(self, answer: Answer) -> None:
         self.answers.send(answer)
+
+    def _fail(self, numbers: Iterable[int]) -> None:
+        """Answer these requests with the exception being handled (a bug): 500, model kept."""
+        log.exception("search failed")
+        error = traceback.format_exc()
+        for number in numbers:
+            self._send(Answer(number, None, error, self.searches))
 
     def _check_parent(self) -> None:
         # A server killed from outside closes no pipe that the worker would notice (its siblings
