@@ -7,7 +7,7 @@ TORCH_PIN := torch==2.13.0
 ARGS   ?=
 NPROC  ?=
 
-.PHONY: install train translate eval inspect serve faults test test-all lint format wheel bench scaling tensorboard long-range clean
+.PHONY: install train translate eval inspect serve seeds tune-search faults test test-all lint format wheel bench scaling tensorboard long-range clean
 
 install: $(STAMP)
 
@@ -64,6 +64,10 @@ scaling: $(STAMP)
 # One config trained with N seeds (default 3): validation and test BLEU as mean ± sd.
 seeds: $(STAMP)
 	$(BIN)/python scripts/seeds.py $(ARGS)
+
+# Beam size and length penalty tuned on the validation split: ARGS="RUN [RUN2 ...] --test".
+tune-search: $(STAMP)
+	$(BIN)/python scripts/tune_search.py $(ARGS)
 
 # Kill training with SIGKILL 10 times, resume each time, compare with an uninterrupted run.
 faults: $(STAMP)

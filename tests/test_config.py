@@ -41,6 +41,23 @@ def test_presets_compose(preset):
     assert config.train.max_epochs or config.train.max_steps or config.train.max_minutes
 
 
+@pytest.mark.parametrize("pair", ["de_en", "en_de", "fr_en", "cs_en"])
+def test_recipes_train_their_pair_to_a_step_budget(pair):
+    """A recipe's budget is in updates, so a slower or busier machine trains the same model."""
+    config = compose_config(f"experiment=multi30k_{pair}")
+    assert config.data.name == f"multi30k_{pair}"
+    assert f"{config.data.src_lang}_{config.data.tgt_lang}" == pair
+    assert (config.model.name, config.train.batching) == ("reference", "source")
+    assert (config.train.max_steps, config.train.max_minutes, config.train.max_epochs) == (3600, 0, 0)
+    assert config.train.lr_anneal == 0.4 and config.train.lr_decay_factor == 1.0
+    assert config.train.keep_checkpoints == 5
+
+
+def test_a_recipe_takes_overrides_on_top():
+    config = compose_config("experiment=multi30k_en_de", "train.max_steps=10", "model.dropout=0.1")
+    assert (config.train.max_steps, config.model.dropout, config.data.tgt_lang) == (10, 0.1, "de")
+
+
 def test_quick_preset_is_smaller_than_the_default_model():
     quick, default = compose_config("train=quick"), compose_config()
     assert quick.model.encoder.num_layers < default.model.encoder.num_layers

@@ -50,7 +50,7 @@ from nmt.training.trainer import PeerError, TrainingDiverged, TrainingStopped, r
 log = logging.getLogger(__name__)
 
 CONFIG_PACKAGE = "pkg://nmt.conf"
-GROUPS = ("data", "model", "train")
+GROUPS = ("data", "model", "train", "cell", "experiment")
 # Hydra's options that choose the config itself: the processes must compose the same one.
 CONFIG_FLAGS = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")
 
