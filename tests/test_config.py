@@ -53,6 +53,13 @@ def test_recipes_train_their_pair_to_a_step_budget(pair):
     assert config.train.keep_checkpoints == 5
 
 
+@pytest.mark.parametrize("cell", ["lstm", "peephole", "cifg", "gru", "rnn"])
+def test_the_cell_group_sets_both_sides(cell):
+    config = compose_config(f"cell={cell}", "train=quick", "model.attention=none")
+    assert (config.model.encoder.cell, config.model.decoder.cell) == (cell, cell)
+    assert config.model.attention == "none"
+
+
 def test_a_recipe_takes_overrides_on_top():
     config = compose_config("experiment=multi30k_en_de", "train.max_steps=10", "model.dropout=0.1")
     assert (config.train.max_steps, config.model.dropout, config.data.tgt_lang) == (10, 0.1, "de")
