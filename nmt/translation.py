@@ -29,7 +29,7 @@ from nmt.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from nmt.config import Config, InferenceOptions, SearchOptions
 from nmt.data.batching import collate_src, token_budget_batches
 from nmt.data.tokenizer import Tokenizer
-from nmt.model.device import autocast, native_bf16, resolve_device, resolve_precision
+from nmt.model.device import autocast, resolve_device, resolve_precision
 from nmt.model.onednn import onednn_available, use_onednn_linears
 from nmt.model.quantize import quantize_int8
 from nmt.model.seq2seq import Seq2Seq, build_model
@@ -110,10 +110,7 @@ class Translator:
         paths = [run_or_checkpoint] if isinstance(run_or_checkpoint, str | Path) else list(run_or_checkpoint)
         if not paths:
             raise ValueError("no checkpoint to translate with")
-        device = resolve_device(inference.device)
-        fp32 = inference.precision == "fp32" or (inference.precision == "auto" and not native_bf16(device))
-        onednn = device.type == "cpu" and fp32 and inference.quantize == "none" and onednn_available()
-        loaded = [_load_for_translation(path, inference, onednn) for path in paths]
+        loaded = [_load_for_translation(path, inference) for path in paths]
         (model, tokenizer, payload), others = loaded[0], loaded[1:]
         for path, (_, other_tokenizer, _) in zip(paths[1:], others):
             if other_tokenizer.fingerprint != tokenizer.fingerprint:
@@ -127,6 +124,14 @@ class Translator:
             model, tokenizer, search_options, device, inference.batch_tokens, inference.precision, inference.workers
         )
         translator.members = [other_model for other_model, _, _ in others]
+        if (
+            device.type == "cpu"
+            and translator.precision == "fp32"
+            and inference.quantize == "none"
+            and onednn_available()
+        ):
+            for each_model in translator.models:
+                use_onednn_linears(each_model)
         translator.config = Config.from_dict(payload["config"])
         translator.max_src_len = inference.max_src_len
         return translator
@@ -315,16 +320,14 @@ def split_options(
 
 
 def _load_for_translation(
-    run_or_checkpoint: str | Path, inference: InferenceOptions, onednn: bool
+    run_or_checkpoint: str | Path, inference: InferenceOptions
 ) -> tuple[Seq2Seq, Tokenizer, dict]:
-    """load_model, then int8 quantization as `inference` asks, or oneDNN products."""
+    """load_model, then int8 quantization when `inference` asks for it."""
     model, tokenizer, payload = load_model(run_or_checkpoint, inference.device)
     if inference.quantize == "int8":
         if next(model.parameters()).device.type != "cpu":
             raise ValueError("int8 quantization runs on the CPU only; use device cpu")
         quantize_int8(model)
-    elif onednn:
-        use_onednn_linears(model)
     return model, tokenizer, payload
 
 

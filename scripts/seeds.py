@@ -24,7 +24,7 @@ from pathlib import Path
 
 from nmt.checkpoint import load_checkpoint, resolve_checkpoint
 from nmt.cli.evaluate import corpus_split
-from nmt.scoring import corpus_scores
+from nmt.scoring import bleu
 from nmt.translation import Translator
 
 
@@ -66,12 +66,14 @@ def train(run_dir: Path, overrides: list[str], seed: int) -> float | None:
 def score(run_dir: Path, split: str, beam: int) -> float:
     checkpoint = resolve_checkpoint(run_dir)
     sources, references = corpus_split(checkpoint, split, None)
-    hypotheses = Translator.load(checkpoint, beam_size=beam).translate(sources)
-    return next(s.score for s in corpus_scores(hypotheses, references) if s.name == "BLEU")
+    return bleu(Translator.load(checkpoint, beam_size=beam).translate(sources), references).score
 
 
-def mean_sd(values: list[float]) -> str:
-    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
+def mean_sd(values: list[float], digits: int = 2) -> str:
+    """ "mean ± standard deviation"; a single value as it is."""
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def main(argv: list[str] | None = None) -> int:

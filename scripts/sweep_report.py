@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
 import datasets
 import yaml
 from curve import curve
-from seeds import score
+from seeds import mean_sd, score
 
 from nmt.checkpoint import LAST, load_checkpoint
 
@@ -60,12 +59,6 @@ def settings(jobs: list[Path]) -> dict[Path, str]:
         job: " ".join(f"{key}={values.get(key, '-')}" for key in varying) or "(one setting)"
         for job, values in overrides.items()
     }
-
-
-def mean_sd(values: list[float], digits: int = 2) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def plot(rows: list[dict], curves: dict[str, list[tuple]], path: Path) -> None:

@@ -22,7 +22,7 @@ import datasets
 from nmt.checkpoint import resolve_checkpoint
 from nmt.cli.evaluate import corpus_split
 from nmt.config import LENGTH_PENALTIES, SearchOptions
-from nmt.scoring import corpus_scores
+from nmt.scoring import bleu
 from nmt.translation import Translator
 
 
@@ -56,11 +56,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def bleu(translator: Translator, sources: list[str], references: list[str]) -> float:
-    hypotheses = translator.translate(sources)
-    return next(s.score for s in corpus_scores(hypotheses, references) if s.name == "BLEU")
-
-
 def penalty_name(name: str, alpha: float) -> str:
     return f"gnmt:{alpha:g}" if name == "gnmt" else name
 
@@ -80,14 +75,15 @@ def main(argv: list[str] | None = None) -> int:
         # Greedy search ranks nothing, so every length penalty gives it the same output.
         for name, alpha in args.penalties if beam > 1 else [("none", SearchOptions.alpha)]:
             options = SearchOptions(beam_size=beam, length_penalty=name, alpha=alpha)
-            score = bleu(translator.with_options(options), sources, references)
+            score = bleu(translator.with_options(options).translate(sources), references).score
             grid.append({"beam": beam, "length_penalty": name, "alpha": alpha, "val_bleu": score})
             print(f"beam {beam}, {penalty_name(name, alpha)}: validation BLEU {score:.2f}", flush=True)
     best = max(grid, key=lambda row: row["val_bleu"])
     tuned = SearchOptions(beam_size=best["beam"], length_penalty=best["length_penalty"], alpha=best["alpha"])
     test = None
     if args.test:
-        test = bleu(translator.with_options(tuned), *corpus_split(checkpoint, "test", None))
+        test_sources, test_references = corpus_split(checkpoint, "test", None)
+        test = bleu(translator.with_options(tuned).translate(test_sources), test_references).score
     lines = [
         f"Search tuned on the validation split: {' '.join(map(str, args.runs))} (cased sacrebleu BLEU)",
         "",

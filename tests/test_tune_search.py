@@ -11,7 +11,7 @@ import pytest
 from nmt.checkpoint import resolve_checkpoint
 from nmt.cli.evaluate import corpus_split
 from nmt.config import SearchOptions
-from nmt.scoring import corpus_scores
+from nmt.scoring import bleu
 from nmt.translation import Translator
 
 SCRIPT = Path(__file__).parent.parent / "scripts" / "tune_search.py"
@@ -24,9 +24,9 @@ def tune_search():
     return module
 
 
-def bleu(translator: Translator, run: Path, split: str) -> float:
+def split_bleu(translator: Translator, run: Path, split: str) -> float:
     sources, references = corpus_split(resolve_checkpoint(run), split, None)
-    return next(s.score for s in corpus_scores(translator.translate(sources), references) if s.name == "BLEU")
+    return bleu(translator.translate(sources), references).score
 
 
 def test_the_tuned_search_is_the_best_on_validation_and_test_is_scored_with_it(trained_run, tmp_path):
@@ -44,10 +44,10 @@ def test_the_tuned_search_is_the_best_on_validation_and_test_is_scored_with_it(t
     translator = Translator.load(trained_run, device="cpu", workers=1)
     for row in grid:
         options = SearchOptions(beam_size=row["beam"], length_penalty=row["length_penalty"], alpha=row["alpha"])
-        assert bleu(translator.with_options(options), trained_run, "validation") == pytest.approx(row["val_bleu"])
+        assert split_bleu(translator.with_options(options), trained_run, "validation") == pytest.approx(row["val_bleu"])
     tuned = record["tuned"]
     options = SearchOptions(beam_size=tuned["beam"], length_penalty=tuned["length_penalty"], alpha=tuned["alpha"])
-    assert bleu(translator.with_options(options), trained_run, "test") == pytest.approx(record["test_bleu"])
+    assert split_bleu(translator.with_options(options), trained_run, "test") == pytest.approx(record["test_bleu"])
     assert "tuned: `--beam" in (tmp_path / "search.md").read_text()
 
 
