@@ -6,7 +6,8 @@
 
 The jobs are grouped by the overrides that differ between them, train.seed aside. Each job's best
 checkpoint is scored on the validation and test splits of its corpus (cased sacrebleu BLEU, beam
---beam); each group gets mean ± standard deviation over its seeds. The plot draws every job's
+--beam) beside the validation perplexity training measured at that checkpoint (steadier between
+seeds than BLEU); each group gets mean ± standard deviation over its seeds. The plot draws every job's
 validation BLEU (greedy, as training measured it) against its minutes of training: one colour per
 setting, one line per seed. Writes SWEEP/sweep.md and SWEEP/sweep.json and prints the table.
 """
@@ -23,7 +24,7 @@ import yaml
 from curve import curve
 from seeds import mean_sd, score
 
-from nmt.checkpoint import LAST, load_checkpoint
+from nmt.checkpoint import LAST, load_checkpoint, resolve_checkpoint
 
 SEED_KEY = "train.seed"
 
@@ -94,13 +95,16 @@ def main(argv: list[str] | None = None) -> int:
     rows, curves = [], {}
     for job in jobs:
         progress = load_checkpoint(job / "checkpoints" / LAST)["progress"]
+        scored_step = load_checkpoint(resolve_checkpoint(job))["progress"]["step"]
         curves[str(job)] = curve(job)
+        ppl_at_step = {point[0]: point[3] for point in curves[str(job)]}
         row = {
             "job": str(job),
             "setting": labels[job],
             "seed": job_overrides(job).get(SEED_KEY, "-"),
             "steps": progress["step"],
             "train_minutes": round(progress["train_seconds"] / 60, 1),
+            "val_ppl": round(ppl_at_step[scored_step], 2),
             "val_bleu": score(job, "validation", args.beam),
             "test_bleu": score(job, "test", args.beam),
         }
@@ -112,14 +116,14 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"{args.sweep}: best checkpoint of each job, beam {args.beam}, cased sacrebleu BLEU, mean ± sd over the seeds",
         "",
-        "| setting | seeds | updates | minutes of training | validation BLEU | test BLEU |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| setting | seeds | updates | minutes of training | validation ppl | validation BLEU | test BLEU |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for label in dict.fromkeys(row["setting"] for row in rows):
         group = [row for row in rows if row["setting"] == label]
         lines.append(
             f"| {label} | {len(group)} | {mean_sd([r['steps'] for r in group], 0)} "
-            f"| {mean_sd([r['train_minutes'] for r in group], 1)} "
+            f"| {mean_sd([r['train_minutes'] for r in group], 1)} | {mean_sd([r['val_ppl'] for r in group])} "
             f"| {mean_sd([r['val_bleu'] for r in group])} | {mean_sd([r['test_bleu'] for r in group])} |"
         )
     table = "\n".join(lines)

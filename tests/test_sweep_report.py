@@ -64,6 +64,9 @@ def test_a_multirun_trains_every_combination_and_the_report_pools_its_seeds(text
         ("cell=rnn", "2"),
     ]
     assert all(job["steps"] == 4 for job in jobs)
+    report = sweep_report()
+    for job in jobs:  # the perplexity training logged at one of its validations
+        assert job["val_ppl"] in {round(point[3], 2) for point in report.curve(Path(job["job"]))}
     table = (sweep / "sweep.md").read_text()
     assert "| cell=lstm | 2 | 4 ± 0 |" in table and "| cell=rnn | 2 | 4 ± 0 |" in table
     assert plot.stat().st_size > 0
