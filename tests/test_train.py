@@ -306,13 +306,14 @@ def test_a_signal_stops_training_after_a_step_and_the_resumed_run_equals_an_unin
         "train.processes=1",
     )
     run = tmp_path / "run"
-    process = nmt_train(*common, "train.max_steps=100000", f"hydra.run.dir={run}", cwd=tmp_path)
-    deadline = time.monotonic() + 120
-    while not (run / "tokenizer").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(2)  # some steps in, no checkpoint written yet
+    process = nmt_train(*common, "train.max_steps=100000", "train.log_every=1", f"hydra.run.dir={run}", cwd=tmp_path)
+    # Signal once the first update is logged (training under way, no checkpoint written yet): a
+    # fixed sleep raced the setup on a busy machine, and the signal then found no handler.
+    started = ""
+    while " - step 1 " not in started and (line := process.stdout.readline()):
+        started += line
     process.send_signal(stop_signal)
-    output, _ = process.communicate(timeout=120)
+    output = started + process.communicate(timeout=120)[0]
     assert process.returncode == exit_code, output
     step = load_checkpoint(run / "checkpoints" / "last.pt")["progress"]["step"]
     assert f"stopped at step {step} by {stop_signal.name}" in output and "Traceback" not in output
