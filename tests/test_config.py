@@ -48,6 +48,7 @@ def test_recipes_train_their_pair_to_a_step_budget(pair):
     assert config.data.name == f"multi30k_{pair}"
     assert f"{config.data.src_lang}_{config.data.tgt_lang}" == pair
     assert (config.model.name, config.train.batching) == ("reference", "source")
+    assert (config.model.encoder.cell, config.model.decoder.cell) == ("gru", "gru")
     assert (config.train.max_steps, config.train.max_minutes, config.train.max_epochs) == (3600, 0, 0)
     assert config.train.lr_anneal == 0.4 and config.train.lr_decay_factor == 1.0
     assert config.train.keep_checkpoints == 5
@@ -61,8 +62,9 @@ def test_the_cell_group_sets_both_sides(cell):
 
 
 def test_a_recipe_takes_overrides_on_top():
-    config = compose_config("experiment=multi30k_en_de", "train.max_steps=10", "model.dropout=0.1")
+    config = compose_config("experiment=multi30k_en_de", "train.max_steps=10", "model.dropout=0.1", "cell=lstm")
     assert (config.train.max_steps, config.model.dropout, config.data.tgt_lang) == (10, 0.1, "de")
+    assert (config.model.encoder.cell, config.model.decoder.cell) == ("lstm", "lstm")
 
 
 def test_quick_preset_is_smaller_than_the_default_model():
