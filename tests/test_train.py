@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -309,9 +310,14 @@ def test_a_signal_stops_training_after_a_step_and_the_resumed_run_equals_an_unin
     process = nmt_train(*common, "train.max_steps=100000", "train.log_every=1", f"hydra.run.dir={run}", cwd=tmp_path)
     # Signal once the first update is logged (training under way, no checkpoint written yet): a
     # fixed sleep raced the setup on a busy machine, and the signal then found no handler.
+    # The timer bounds the wait: a run that hangs before its first update is killed, readline
+    # then returns "" and the exit code assertion fails with the output so far.
+    watchdog = threading.Timer(120, process.kill)
+    watchdog.start()
     started = ""
     while " - step 1 " not in started and (line := process.stdout.readline()):
         started += line
+    watchdog.cancel()
     process.send_signal(stop_signal)
     output = started + process.communicate(timeout=120)[0]
     assert process.returncode == exit_code, output
