@@ -13,6 +13,9 @@ Rows (each measured in this run, never copied from an earlier one):
   with ours, so a change's speed-up is a ratio from one run;
 - `--also 'OVERRIDES'`: the working tree once more with these training overrides (e.g.
   `train.processes=1`), as one more alternated arm;
+- `--independent`: one more arm of as many one-thread trainings as cores, side by side, each on
+  its share of the batch size and exchanging nothing: their summed rate is the most that as many
+  ranks could reach if the gradient exchange and the ranks' waiting for each other cost nothing;
 - `--peers`: ../shared/peers' JoeyNMT and OpenNMT-py throughput checks, in the same run.
 
 Writes BENCH_DIR/bench.md and bench.json (default runs/bench/<time>/). Run nothing else heavy
@@ -33,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -240,6 +244,26 @@ def run_training(
     return TrainResult(label, tokens / sum(intervals), peak_kib / 2**20, window)
 
 
+def run_independent(
+    label: str, overrides: list[str], window: tuple[int, int], data: str, python: str, processes: int
+) -> TrainResult:
+    """`processes` one-thread trainings of the working tree at once, each on batches of
+    1/processes of the size and with no gradient exchange: their summed target tokens/s (each over
+    the steps that cover the window's batches) and summed peak memory."""
+    sizes = [o for o in overrides if o.startswith("train.batch_tokens=")]
+    batch_tokens = int(sizes[-1].split("=")[1]) if sizes else REFERENCE_BATCH_TOKENS
+    share = [o for o in overrides if o not in sizes]
+    share += [f"train.batch_tokens={batch_tokens // processes}", "train.processes=1", "train.num_threads=1"]
+    steps = (window[0] * processes, window[1] * processes)
+
+    def train(n: int) -> TrainResult:
+        return run_training(ROOT, f"{label} {n}", [*share, f"train.seed={n + 1}"], steps, data, python)
+
+    with ThreadPoolExecutor(processes) as pool:
+        results = list(pool.map(train, range(processes)))
+    return TrainResult(label, sum(r.tokens_per_s for r in results), sum(r.peak_rss_gib for r in results), window)
+
+
 # --- translation -----------------------------------------------------------------------------------
 def run_translation(
     tree: Path, run: Path, label: str, options: list[str], source: Path, reference: Path, python: str
@@ -396,6 +420,11 @@ def main() -> int:
         metavar="OVERRIDES",
         help="also train the working tree with these space-separated overrides, e.g. 'train.processes=1'",
     )
+    parser.add_argument(
+        "--independent",
+        action="store_true",
+        help="also one-thread trainings side by side, one per core on its share of the batch, exchanging nothing",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / time.strftime("%Y-%m-%d_%H-%M-%S"))
     args = parser.parse_args()
 
@@ -429,6 +458,10 @@ def main() -> int:
     # (label, tree, overrides of that arm)
     arms = [(name, tree, []) for name, tree in trees]
     arms[1:1] = [(f"ours, {also}", ROOT, also.split()) for also in args.also]
+    cores = os.cpu_count() or 1
+    independent = f"ours, {cores} independent one-thread processes on 1/{cores} batches"
+    if args.independent:
+        arms.insert(1 + len(args.also), (independent, ROOT, []))
     if not args.no_train:
         for _ in range(args.rounds):
             for name, tree, arm_overrides in arms:
@@ -439,9 +472,11 @@ def main() -> int:
                     overrides += [f"train.precision={precision}"] if supports_precision(tree) else []
                     if args.batching != "length" and supports_batching(tree):
                         overrides.append(f"train.batching={args.batching}")
-                    result = run_training(
-                        tree, f"{name}, {precision}", overrides, tuple(args.window), args.data, python
-                    )
+                    label, window = f"{name}, {precision}", tuple(args.window)
+                    if name == independent:
+                        result = run_independent(label, overrides, window, args.data, python, cores)
+                    else:
+                        result = run_training(tree, label, overrides, window, args.data, python)
                     peak = bench.machine["peak_gflops"][precision] * 1e9
                     result.matmul_share = result.tokens_per_s * bench.model["train_mflops_per_tgt_token"] * 1e6 / peak
                     log.info("%s", result)
