@@ -1,5 +1,7 @@
 """Training end to end: a run directory, exact resume, overfitting, and clean errors."""
 
+import io
+import logging
 import os
 import signal
 import subprocess
@@ -7,6 +9,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -48,6 +51,7 @@ def test_resume_continues_exactly_where_the_run_stopped(text_corpus, tmp_path):
         torch.testing.assert_close(weight, b["model"][name], msg=name)
 
 
+@pytest.mark.slow  # make test stays under 6 minutes on a slower 2-core machine
 def test_a_checkpoint_of_the_unfused_optimizer_resumes_into_the_fused_one(text_corpus, tmp_path):
     """Checkpoints from before fused Adam (2026-11-22) say fused=False in their optimizer groups;
     the resumed run must go on with the fused update and land where a fused run does."""
@@ -104,6 +108,7 @@ class FakeClock:
         return self.now
 
 
+@pytest.mark.slow  # make test stays under 6 minutes on a slower 2-core machine
 def test_max_minutes_stops_after_that_much_training_time(text_corpus, tmp_path, monkeypatch):
     import nmt.training.trainer
 
@@ -228,6 +233,7 @@ def test_unreachable_hub_names_the_override(tmp_path):
     assert "Traceback" not in output
 
 
+@pytest.mark.slow  # make test stays under 6 minutes on a slower 2-core machine
 def test_weight_averaging_saves_the_average_for_translation_and_resumes_exactly(text_corpus, tmp_path):
     """train.average_decay: best.pt and last.pt's "model" hold the moving average (what
     nmt-translate loads), last.pt also the trained weights, and a resumed run continues both."""
@@ -332,6 +338,44 @@ def test_a_signal_stops_training_after_a_step_and_the_resumed_run_equals_an_unin
     assert a["progress"]["step"] == b["progress"]["step"] == step + 6
     for name, weight in b["model"].items():
         assert torch.equal(a["model"][name], weight), name
+
+
+class InterruptedStream(io.StringIO):
+    """A log stream whose write of the line "step 7" is interrupted by a SIGTERM, as a write to a
+    full stdout pipe is; it records how deeply writes nest."""
+
+    depth = deepest = 0
+
+    def write(self, text: str) -> int:
+        self.depth += 1
+        self.deepest = max(self.deepest, self.depth)
+        try:
+            if "step 7" in text:
+                os.kill(os.getpid(), signal.SIGTERM)  # Python runs the handler inside this write
+            return super().write(text)
+        finally:
+            self.depth -= 1
+
+
+def test_a_stop_signal_inside_a_log_write_is_announced_without_writing_into_that_write():
+    """The stop handler's own log line, written inside the interrupted write, raised "reentrant
+    call" (a "--- Logging error ---" traceback in the run's output) or recursed."""
+    stream = InterruptedStream()
+    handler = logging.StreamHandler(stream)
+    trainer_log = logging.getLogger("nmt.training.trainer")
+    trainer_log.addHandler(handler)
+    trainer = SimpleNamespace(stop_signal=None)  # the one attribute the handler uses
+    try:
+        with Trainer._stop_on_signals(trainer):
+            trainer_log.warning("step 7")
+            deadline = time.monotonic() + 10
+            while "stopping after this step" not in stream.getvalue() and time.monotonic() < deadline:
+                time.sleep(0.01)
+    finally:
+        trainer_log.removeHandler(handler)
+    assert trainer.stop_signal == signal.SIGTERM
+    assert "SIGTERM: stopping after this step" in stream.getvalue()
+    assert stream.deepest == 1
 
 
 def test_a_nan_loss_skips_its_update_and_too_many_in_a_row_stop_training(text_corpus, tmp_path, monkeypatch):

@@ -365,7 +365,11 @@ class Trainer:
             if self.stop_signal is not None and number == signal.SIGINT:
                 raise KeyboardInterrupt
             self.stop_signal = number
-            log.warning("%s: stopping after this step (Ctrl-C again stops at once)", signal.Signals(number).name)
+            # Logged from a thread: the handler may run inside this thread's own write of a log
+            # line (a write to a full pipe is interrupted), and writing there again raises or
+            # recurses; the thread waits for the handler's lock instead.
+            message = "%s: stopping after this step (Ctrl-C again stops at once)"
+            threading.Thread(target=log.warning, args=(message, signal.Signals(number).name), daemon=True).start()
 
         previous = {number: signal.signal(number, request_stop) for number in (signal.SIGINT, signal.SIGTERM)}
         try:
