@@ -88,6 +88,7 @@ def test_a_constant_learning_rate_and_gateless_cells_train_and_resume(text_corpu
     assert last["scheduler"] is None and last["optimizer"]["param_groups"][0]["lr"] == 0.003
 
 
+@pytest.mark.slow  # make test stays under 6 minutes on a slower 2-core machine
 def test_resume_keeps_the_runs_model_config(text_corpus, tmp_path):
     run = tmp_path / "run"
     run_training(tiny_config(text_corpus, max_steps=4), run)
@@ -301,7 +302,12 @@ def test_annealing_and_plateau_decay_together_are_refused():
 
 
 @pytest.mark.parametrize(
-    "stop_signal, exit_code", [(signal.SIGTERM, 143), pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow)]
+    "stop_signal, exit_code",
+    # Three trainings each (~27 s on a slow 2-core machine): the stop handler itself is tested fast below.
+    [
+        pytest.param(signal.SIGTERM, 143, marks=pytest.mark.slow),
+        pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow),
+    ],
 )
 def test_a_signal_stops_training_after_a_step_and_the_resumed_run_equals_an_uninterrupted_one(
     text_corpus, tmp_path, stop_signal, exit_code
