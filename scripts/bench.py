@@ -245,14 +245,12 @@ def run_training(
 
 
 def run_independent(
-    label: str, overrides: list[str], window: tuple[int, int], data: str, python: str, processes: int
+    label: str, overrides: list[str], batch_tokens: int, window: tuple[int, int], data: str, python: str, processes: int
 ) -> TrainResult:
     """`processes` one-thread trainings of the working tree at once, each on batches of
-    1/processes of the size and with no gradient exchange: their summed target tokens/s (each over
-    the steps that cover the window's batches) and summed peak memory."""
-    sizes = [o for o in overrides if o.startswith("train.batch_tokens=")]
-    batch_tokens = int(sizes[-1].split("=")[1]) if sizes else REFERENCE_BATCH_TOKENS
-    share = [o for o in overrides if o not in sizes]
+    1/processes of `batch_tokens` and with no gradient exchange: their summed target tokens/s (each
+    over the steps that cover the window's batches) and summed peak memory."""
+    share = [o for o in overrides if not o.startswith("train.batch_tokens=")]  # Hydra refuses a key twice
     share += [f"train.batch_tokens={batch_tokens // processes}", "train.processes=1", "train.num_threads=1"]
     steps = (window[0] * processes, window[1] * processes)
 
@@ -455,16 +453,16 @@ def main() -> int:
     trees = [("ours", ROOT)]
     if args.baseline:
         trees.append((f"baseline {args.baseline}", worktree(args.baseline)))
-    # (label, tree, overrides of that arm)
-    arms = [(name, tree, []) for name, tree in trees]
-    arms[1:1] = [(f"ours, {also}", ROOT, also.split()) for also in args.also]
+    # (label, tree, overrides of that arm, whether it is the --independent arm)
+    arms = [(name, tree, [], False) for name, tree in trees]
+    arms[1:1] = [(f"ours, {also}", ROOT, also.split(), False) for also in args.also]
     cores = os.cpu_count() or 1
-    independent = f"ours, {cores} independent one-thread processes on 1/{cores} batches"
     if args.independent:
-        arms.insert(1 + len(args.also), (independent, ROOT, []))
+        label = f"ours, {cores} independent one-thread processes on 1/{cores} batches"
+        arms.insert(1 + len(args.also), (label, ROOT, [], True))
     if not args.no_train:
         for _ in range(args.rounds):
-            for name, tree, arm_overrides in arms:
+            for name, tree, arm_overrides, independent in arms:
                 for precision in args.precisions:
                     if precision != "fp32" and not supports_precision(tree):
                         continue
@@ -473,8 +471,8 @@ def main() -> int:
                     if args.batching != "length" and supports_batching(tree):
                         overrides.append(f"train.batching={args.batching}")
                     label, window = f"{name}, {precision}", tuple(args.window)
-                    if name == independent:
-                        result = run_independent(label, overrides, window, args.data, python, cores)
+                    if independent:
+                        result = run_independent(label, overrides, batch_tokens, window, args.data, python, cores)
                     else:
                         result = run_training(tree, label, overrides, window, args.data, python)
                     peak = bench.machine["peak_gflops"][precision] * 1e9
