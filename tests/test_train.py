@@ -301,14 +301,9 @@ def test_annealing_and_plateau_decay_together_are_refused():
         TrainConfig(lr_anneal=0.3, lr_decay_factor=0.5)
 
 
-@pytest.mark.parametrize(
-    "stop_signal, exit_code",
-    # Three trainings each (~27 s on a slow 2-core machine): the stop handler itself is tested fast below.
-    [
-        pytest.param(signal.SIGTERM, 143, marks=pytest.mark.slow),
-        pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow),
-    ],
-)
+# Three trainings per signal (~27 s on a slow 2-core machine): the stop handler itself is tested fast below.
+@pytest.mark.slow
+@pytest.mark.parametrize("stop_signal, exit_code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_stops_training_after_a_step_and_the_resumed_run_equals_an_uninterrupted_one(
     text_corpus, tmp_path, stop_signal, exit_code
 ):
