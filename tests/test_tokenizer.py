@@ -70,3 +70,27 @@ def test_restricted_output_covers_only_target_pieces_and_round_trips(tmp_path):
     for copy in (Tokenizer.from_state(restricted.state()), Tokenizer.load(tmp_path)):
         assert copy.encode_tgt(TGT) == ids and copy.fingerprint == restricted.fingerprint
     assert restricted.fingerprint != tokenizer.fingerprint
+
+
+@pytest.mark.parametrize("kind, alpha", [("unigram", 0.2), ("bpe", 0.2)])
+def test_sampled_segmentations_keep_the_text_and_repeat_with_their_seed(kind, alpha):
+    tokenizer = Tokenizer.train(SRC, TGT, vocab_size=120, kind=kind)
+    src_ids, tgt_ids = tokenizer.sample_pairs(SRC, TGT, alpha, seed=1)
+    assert tokenizer.src.decode(src_ids) == SRC and tokenizer.decode_tgt(tgt_ids) == TGT
+    assert tokenizer.sample_pairs(SRC, TGT, alpha, seed=1) == (src_ids, tgt_ids)
+    assert tokenizer.sample_pairs(SRC, TGT, alpha, seed=2) != (src_ids, tgt_ids)
+    # Segmentations other than the best one: the point of sampling.
+    assert src_ids != tokenizer.encode_src(SRC) and tgt_ids != tokenizer.encode_tgt(TGT)
+
+
+def test_sampled_targets_stay_inside_a_restricted_output_vocabulary():
+    restricted = Tokenizer.train(SRC, TGT, vocab_size=120).restrict_output(TGT)
+    best = restricted.encode_tgt(TGT)
+    assert not any(UNK_ID in ids for ids in best)
+    # An aggressive alpha samples pieces the best segmentations of the targets never use (German
+    # ones among them); those sentences keep their best segmentation rather than gain an unk.
+    for seed in range(3):
+        _, tgt_ids = restricted.sample_pairs(SRC, TGT, 0.1, seed=seed)
+        assert not any(UNK_ID in ids for ids in tgt_ids)
+        assert restricted.decode_tgt(tgt_ids) == TGT
+        assert any(ids != best_ids for ids, best_ids in zip(tgt_ids, best))

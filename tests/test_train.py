@@ -20,6 +20,7 @@ from nmt.config import (
     ConfigError,
     TrainConfig,
 )
+from nmt.data.corpus import prepare_data
 from nmt.training.trainer import Trainer, run_training
 
 BIN = Path(sys.executable).parent
@@ -47,6 +48,37 @@ def test_resume_continues_exactly_where_the_run_stopped(text_corpus, tmp_path):
     a = load_checkpoint(straight / "checkpoints" / "last.pt")
     b = load_checkpoint(interrupted / "checkpoints" / "last.pt")
     assert a["progress"]["batch_in_epoch"] == b["progress"]["batch_in_epoch"]
+    for name, weight in a["model"].items():
+        torch.testing.assert_close(weight, b["model"][name], msg=name)
+
+
+def test_subword_sampling_segments_each_epoch_anew_and_resumes_exactly(text_corpus, tmp_path):
+    def sampled_config(**train):
+        config = tiny_config(text_corpus, **train)
+        config.data.tokenizer.sampling_alpha = 0.3
+        return config
+
+    tokenizer, corpus = prepare_data(sampled_config().data, None, num_threads=1)
+    trainer = Trainer(sampled_config(), tmp_path / "epochs", tokenizer, corpus, torch.device("cpu"))
+    best = list(corpus["train"]["src_ids"]), list(corpus["train"]["tgt_ids"])
+    segmentations = []
+    for epoch in (0, 1, 0):
+        trainer.epoch_batches(epoch)
+        segmentations.append((trainer.train_src, trainer.train_tgt))
+        assert tokenizer.decode_tgt(trainer.train_tgt) == list(corpus["train"]["tgt"])
+    assert segmentations[0] != best and segmentations[0] != segmentations[1]
+    assert segmentations[2] == segmentations[0]  # (seed, epoch) alone decide: resumable
+
+    # Stopped mid-epoch and resumed, a sampled run ends on the uninterrupted run's weights.
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    run_training(sampled_config(max_steps=14), straight)
+    run_training(sampled_config(max_steps=5), interrupted)
+    run_training(sampled_config(max_steps=14, resume=str(interrupted)), interrupted)
+    a = load_checkpoint(straight / "checkpoints" / "last.pt")
+    b = load_checkpoint(interrupted / "checkpoints" / "last.pt")
+    position = ("step", "epoch", "batch_in_epoch")
+    assert a["progress"]["epoch"] >= 1
+    assert [a["progress"][key] for key in position] == [b["progress"][key] for key in position]
     for name, weight in a["model"].items():
         torch.testing.assert_close(weight, b["model"][name], msg=name)
 

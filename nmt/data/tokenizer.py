@@ -148,6 +148,30 @@ class Tokenizer:
         to_output = self._to_output
         return [[to_output.get(piece, UNK_ID) for piece in ids] for ids in encoded]
 
+    def sample_pairs(
+        self, src_texts: Sequence[str], tgt_texts: Sequence[str], alpha: float, seed: int
+    ) -> tuple[list[list[int]], list[list[int]]]:
+        """Subword regularization: a segmentation of each pair sampled with `alpha` (see
+        data.tokenizer.sampling_alpha); the same `seed` gives the same segmentations.
+
+        A sampled target piece outside the output vocabulary would become unk, teaching the model
+        to emit unk, so such a sentence (a few in 10,000) keeps its best segmentation instead."""
+        # SentencePiece's generator is global and seeded per call; one thread keeps the draws in
+        # sentence order, so every rank (and a resumed run) samples the same.
+        spm.set_random_generator_seed(seed)
+        sample = dict(enable_sampling=True, alpha=alpha, nbest_size=-1, num_threads=1)
+        src_ids = self.src.encode(list(src_texts), **sample)
+        tgt_ids = self.tgt.encode(list(tgt_texts), **sample)
+        if self._to_output is not None:
+            to_output = self._to_output
+            tgt_ids = [
+                [to_output[piece] for piece in ids]
+                if all(piece in to_output for piece in ids)
+                else self.encode_tgt([text])[0]
+                for ids, text in zip(tgt_ids, tgt_texts)
+            ]
+        return src_ids, tgt_ids
+
     def decode_tgt(self, ids: Iterable[Sequence[int]]) -> list[str]:
         """Ids to text; stops at the first eos and skips pad and bos."""
         return [self.tgt.decode(self._to_pieces(_strip_specials(seq))) for seq in ids]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import signal
 import threading
 import time
@@ -175,14 +176,8 @@ class Trainer:
                 min_lr=self.train_config.min_lr,
             )
         # Plain lists: indexing a datasets column reads Arrow on every access.
-        self.train_src, self.train_tgt = list(corpus["train"]["src_ids"]), list(corpus["train"]["tgt_ids"])
-        self.batcher = make_batcher(
-            self.train_config.batching,
-            [len(s) for s in self.train_src],
-            [len(t) for t in self.train_tgt],
-            self.train_config.batch_tokens,
-            self.train_config.seed,
-        )
+        self.train_texts = corpus["train"]["src"], corpus["train"]["tgt"]
+        self._use_train_ids(list(corpus["train"]["src_ids"]), list(corpus["train"]["tgt_ids"]))
         valid = corpus["validation"]
         self.valid_src, self.valid_tgt = list(valid["src_ids"]), list(valid["tgt_ids"])
         self.valid_refs = list(valid["tgt"])
@@ -201,7 +196,6 @@ class Trainer:
         self.progress = Progress()
         self.stop_signal: int | None = None  # SIGINT or SIGTERM received: stop after this step
         self.meter = ThroughputMeter()
-        self.pair_costs = [len(s) + len(t) for s, t in zip(self.train_src, self.train_tgt)]
         self.writer = SummaryWriter(str(run_dir / "tensorboard")) if ranks.is_main else None
         log.info(
             "model: %s parameters; precision %s; %d training process%s of %d thread%s",
@@ -212,6 +206,26 @@ class Trainer:
             torch.get_num_threads(),
             "s" if torch.get_num_threads() > 1 else "",
         )
+
+    def _use_train_ids(self, src_ids: list[list[int]], tgt_ids: list[list[int]]) -> None:
+        self.train_src, self.train_tgt = src_ids, tgt_ids
+        self.pair_costs = [len(s) + len(t) for s, t in zip(src_ids, tgt_ids)]
+        self.batcher = make_batcher(
+            self.train_config.batching,
+            [len(s) for s in src_ids],
+            [len(t) for t in tgt_ids],
+            self.train_config.batch_tokens,
+            self.train_config.seed,
+        )
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """This epoch's batches; with subword sampling, of the pairs segmented anew from
+        `(seed, epoch)` alone, so that a resumed run and every rank see the same ones."""
+        alpha = self.config.data.tokenizer.sampling_alpha
+        if alpha:
+            seed = random.Random(f"{self.train_config.seed}-{epoch}-segmentation").getrandbits(32)
+            self._use_train_ids(*self.tokenizer.sample_pairs(*self.train_texts, alpha, seed))
+        return self.batcher.epoch_batches(epoch)
 
     def _record(self, tag: str, value: float, step: int) -> None:
         if self.writer is not None:
@@ -293,7 +307,7 @@ class Trainer:
         self._started, self._seconds_before = time.monotonic(), progress.train_seconds
         with self._stop_on_signals():
             while not self.limit_reached():
-                batches = self.batcher.epoch_batches(progress.epoch)
+                batches = self.epoch_batches(progress.epoch)
                 self._run_epoch(batches)
                 if progress.batch_in_epoch < len(batches):
                     break  # a limit was reached inside the epoch
