@@ -143,19 +143,28 @@ class TokenizerConfig:
     # The output layer covers only the pieces the training targets use (a joint model's other
     # half never occurs there): a smaller softmax, faster training and search.
     restrict_output: bool = True
-    # Subword regularization: every epoch segments the training pairs anew, sampling each
-    # segmentation instead of taking the best one (Kudo 2018; BPE-dropout for bpe). unigram: the
-    # smoothing of the sampling distribution, smaller for more varied segmentations (0.5 changes
-    # a third of Multi30k's sentences each epoch, 0.2 lengthens them by a third); bpe: the probability of
-    # dropping a merge. 0: off. Validation, test and translation always take the best one.
+    # Subword regularization (Kudo 2018), unigram only: every epoch segments the training pairs
+    # anew, each sentence drawn from its `sampling_nbest` most likely segmentations with
+    # probability proportional to P^sampling_alpha (smaller alpha: more varied; 0.5 over 16
+    # re-segments a third of Multi30k's sentences each epoch). 0: off. Validation, test and
+    # translation always take the best segmentation.
     sampling_alpha: float = 0.0
+    sampling_nbest: int = 16
 
     def __post_init__(self) -> None:
         _check_choice("data.tokenizer.kind", self.kind, TOKENIZER_KINDS)
         _check(
-            self.sampling_alpha >= 0.0 and (self.kind != "bpe" or self.sampling_alpha < 1.0),
-            f"data.tokenizer.sampling_alpha={self.sampling_alpha} must be >= 0 (unigram) or in [0, 1) "
-            "(bpe, a merge-dropout probability); 0 turns subword sampling off",
+            self.sampling_alpha >= 0.0,
+            f"data.tokenizer.sampling_alpha={self.sampling_alpha} must be >= 0 (0 turns subword sampling off)",
+        )
+        _check(
+            self.sampling_alpha == 0.0 or self.kind == "unigram",
+            "data.tokenizer.sampling_alpha samples segmentations of a unigram model; "
+            "set data.tokenizer.kind=unigram or sampling_alpha=0",
+        )
+        _check(
+            self.sampling_nbest >= 2,
+            f"data.tokenizer.sampling_nbest={self.sampling_nbest} must be >= 2 (segmentations to sample from)",
         )
         _check(self.vocab_size >= 16, f"data.tokenizer.vocab_size={self.vocab_size} must be >= 16")
         _check(

@@ -91,7 +91,8 @@ def test_unknown_key_fails_at_start():
         ("model.dropout=1.5", r"model.dropout=1.5 must be in \[0, 1\)"),
         ("data.tgt_lang=de", "both 'de'"),
         ("data.tokenizer.sampling_alpha=-0.1", r"data.tokenizer.sampling_alpha=-0.1 must be >= 0"),
-        ("data.tokenizer.kind=bpe data.tokenizer.sampling_alpha=1.0", r"or in \[0, 1\) \(bpe"),
+        ("data.tokenizer.kind=bpe data.tokenizer.sampling_alpha=0.5", "segmentations of a unigram model"),
+        ("data.tokenizer.sampling_nbest=1", "sampling_nbest=1 must be >= 2"),
         ("model.decoder.hidden_size=256 model.attention=luong_dot", r"encoder output size \(512\) to equal .* \(256\)"),
     ],
 )

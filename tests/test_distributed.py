@@ -123,9 +123,11 @@ def _mean_loss(checkpoint: Path, config) -> float:
 
 
 @pytest.mark.slow  # 18 s; test_two_ranks_sum_to_the_one_process_gradient holds the same in one step
-def test_a_two_rank_run_trains_the_one_process_model(text_corpus, tmp_path):
+@pytest.mark.parametrize("sampling_alpha", [0.0, 0.3])  # with subword sampling, ranks segment alike
+def test_a_two_rank_run_trains_the_one_process_model(text_corpus, tmp_path, sampling_alpha):
     config = tiny_config(text_corpus, max_steps=50, validate_every=50, save_every=50)
     config.model.dropout = 0.0
+    config.data.tokenizer.sampling_alpha = sampling_alpha
     run_training(config, tmp_path / "one")
     run_ranks(_train, config, tmp_path / "two")
     one, two = (tmp_path / name / "checkpoints" / "last.pt" for name in ("one", "two"))

@@ -1,3 +1,7 @@
+import json
+import subprocess
+import sys
+
 import pytest
 from helpers import PAIRS
 
@@ -72,15 +76,32 @@ def test_restricted_output_covers_only_target_pieces_and_round_trips(tmp_path):
     assert restricted.fingerprint != tokenizer.fingerprint
 
 
-@pytest.mark.parametrize("kind, alpha", [("unigram", 0.2), ("bpe", 0.2)])
-def test_sampled_segmentations_keep_the_text_and_repeat_with_their_seed(kind, alpha):
-    tokenizer = Tokenizer.train(SRC, TGT, vocab_size=120, kind=kind)
-    src_ids, tgt_ids = tokenizer.sample_pairs(SRC, TGT, alpha, seed=1)
+SAMPLE_IN_A_FRESH_PROCESS = """
+import json, sys
+from nmt.data.tokenizer import Tokenizer
+model, src, tgt = json.load(sys.stdin)
+tokenizer = Tokenizer.from_state({"src_model": bytes.fromhex(model), "tgt_model": None})
+print(json.dumps(tokenizer.sample_pairs(src, tgt, 0.2, 8, seed="1-0")))
+"""
+
+
+def test_sampled_segmentations_keep_the_text_and_repeat_with_their_seed_in_any_process():
+    tokenizer = Tokenizer.train(SRC, TGT, vocab_size=120)
+    src_ids, tgt_ids = tokenizer.sample_pairs(SRC, TGT, 0.2, 8, seed="1-0")
     assert tokenizer.src.decode(src_ids) == SRC and tokenizer.decode_tgt(tgt_ids) == TGT
-    assert tokenizer.sample_pairs(SRC, TGT, alpha, seed=1) == (src_ids, tgt_ids)
-    assert tokenizer.sample_pairs(SRC, TGT, alpha, seed=2) != (src_ids, tgt_ids)
+    assert tokenizer.sample_pairs(SRC, TGT, 0.2, 8, seed="1-1") != (src_ids, tgt_ids)
     # Segmentations other than the best one: the point of sampling.
     assert src_ids != tokenizer.encode_src(SRC) and tgt_ids != tokenizer.encode_tgt(TGT)
+    # Training ranks and resumed runs are other processes: they must draw the same.
+    for _ in range(2):
+        fresh = subprocess.run(
+            [sys.executable, "-c", SAMPLE_IN_A_FRESH_PROCESS],
+            input=json.dumps([tokenizer.src_model_bytes.hex(), SRC, TGT]),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert json.loads(fresh.stdout) == [src_ids, tgt_ids]
 
 
 def test_sampled_targets_stay_inside_a_restricted_output_vocabulary():
@@ -90,7 +111,7 @@ def test_sampled_targets_stay_inside_a_restricted_output_vocabulary():
     # An aggressive alpha samples pieces the best segmentations of the targets never use (German
     # ones among them); those sentences keep their best segmentation rather than gain an unk.
     for seed in range(3):
-        _, tgt_ids = restricted.sample_pairs(SRC, TGT, 0.1, seed=seed)
+        _, tgt_ids = restricted.sample_pairs(SRC, TGT, 0.05, 32, seed=seed)
         assert not any(UNK_ID in ids for ids in tgt_ids)
         assert restricted.decode_tgt(tgt_ids) == TGT
         assert any(ids != best_ids for ids, best_ids in zip(tgt_ids, best))

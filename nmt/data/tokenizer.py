@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import math
+import random
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -149,26 +151,28 @@ class Tokenizer:
         return [[to_output.get(piece, UNK_ID) for piece in ids] for ids in encoded]
 
     def sample_pairs(
-        self, src_texts: Sequence[str], tgt_texts: Sequence[str], alpha: float, seed: int
+        self, src_texts: Sequence[str], tgt_texts: Sequence[str], alpha: float, nbest: int, seed: int | str
     ) -> tuple[list[list[int]], list[list[int]]]:
-        """Subword regularization: a segmentation of each pair sampled with `alpha` (see
-        data.tokenizer.sampling_alpha); the same `seed` gives the same segmentations.
+        """Subword regularization (Kudo 2018): for every sentence, one of its `nbest` most likely
+        segmentations, drawn with probability proportional to P(segmentation)^alpha. The same
+        `seed` gives the same segmentations in any process.
 
         A sampled target piece outside the output vocabulary would become unk, teaching the model
-        to emit unk, so such a sentence (0.4 % of Multi30k's at alpha 0.5) keeps its best one instead."""
-        # SentencePiece's generator is global and seeded per call; one thread keeps the draws in
-        # sentence order, so every rank (and a resumed run) samples the same.
-        spm.set_random_generator_seed(seed)
-        sample = dict(enable_sampling=True, alpha=alpha, nbest_size=-1, num_threads=1)
-        src_ids = self.src.encode(list(src_texts), **sample)
-        tgt_ids = self.tgt.encode(list(tgt_texts), **sample)
+        to emit unk, so such a sentence keeps its best segmentation instead."""
+        # SentencePiece's own sampler draws from a generator that differs between processes
+        # whatever its seed, so training ranks and resumed runs would disagree; the n-best
+        # search is deterministic and the draw is ours.
+        rng = random.Random(seed)
+        src_scores, tgt_scores = _piece_scores(self.src), _piece_scores(self.tgt)
+        src_ids = [_sample(self.src, src_scores, text, alpha, nbest, rng) for text in src_texts]
+        tgt_ids = [_sample(self.tgt, tgt_scores, text, alpha, nbest, rng) for text in tgt_texts]
         if self._to_output is not None:
             to_output = self._to_output
             tgt_ids = [
                 [to_output[piece] for piece in ids]
                 if all(piece in to_output for piece in ids)
                 else self.encode_tgt([text])[0]
-                for ids, text in zip(tgt_ids, tgt_texts)
+                for ids, text in zip(tgt_ids, tgt_texts, strict=True)
             ]
         return src_ids, tgt_ids
 
@@ -194,6 +198,28 @@ class Tokenizer:
 
     def tgt_pieces(self, ids: Sequence[int]) -> list[str]:
         return self.tgt_id_pieces(_strip_specials(ids))
+
+
+def _piece_scores(processor: spm.SentencePieceProcessor) -> list[float]:
+    """Each piece's log-probability under a unigram model."""
+    return [processor.get_score(i) for i in range(processor.get_piece_size())]
+
+
+def _sample(
+    processor: spm.SentencePieceProcessor,
+    scores: list[float],
+    text: str,
+    alpha: float,
+    nbest: int,
+    rng: random.Random,
+) -> list[int]:
+    """One of the `nbest` best segmentations of `text`, drawn with weight P^alpha."""
+    candidates = processor.nbest_encode(text, nbest_size=nbest)
+    if len(candidates) < 2:
+        return candidates[0] if candidates else []
+    log_probs = [sum(scores[piece] for piece in ids) for ids in candidates]
+    best = max(log_probs)
+    return rng.choices(candidates, [math.exp(alpha * (log_prob - best)) for log_prob in log_probs])[0]
 
 
 def _strip_specials(ids: Sequence[int]) -> list[int]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import signal
 import threading
 import time
@@ -221,10 +220,13 @@ class Trainer:
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         """This epoch's batches; with subword sampling, of the pairs segmented anew from
         `(seed, epoch)` alone, so that a resumed run and every rank see the same ones."""
-        alpha = self.config.data.tokenizer.sampling_alpha
-        if alpha:
-            seed = random.Random(f"{self.train_config.seed}-{epoch}-segmentation").getrandbits(32)
-            self._use_train_ids(*self.tokenizer.sample_pairs(*self.train_texts, alpha, seed))
+        options = self.config.data.tokenizer
+        if options.sampling_alpha:
+            seed = f"{self.train_config.seed}-{epoch}-segmentation"
+            sampled = self.tokenizer.sample_pairs(
+                *self.train_texts, options.sampling_alpha, options.sampling_nbest, seed
+            )
+            self._use_train_ids(*sampled)
         return self.batcher.epoch_batches(epoch)
 
     def _record(self, tag: str, value: float, step: int) -> None:
