@@ -52,14 +52,15 @@ def test_resume_continues_exactly_where_the_run_stopped(text_corpus, tmp_path):
         torch.testing.assert_close(weight, b["model"][name], msg=name)
 
 
-def test_subword_sampling_segments_each_epoch_anew_and_resumes_exactly(text_corpus, tmp_path):
-    def sampled_config(**train):
-        config = tiny_config(text_corpus, **train)
-        config.data.tokenizer.sampling_alpha = 0.3
-        return config
+def sampled_config(text_corpus, **train):
+    config = tiny_config(text_corpus, **train)
+    config.data.tokenizer.sampling_alpha = 0.3
+    return config
 
-    tokenizer, corpus = prepare_data(sampled_config().data, None, num_threads=1)
-    trainer = Trainer(sampled_config(), tmp_path / "epochs", tokenizer, corpus, torch.device("cpu"))
+
+def test_subword_sampling_segments_each_epoch_anew_and_repeatably(text_corpus, tmp_path):
+    tokenizer, corpus = prepare_data(sampled_config(text_corpus).data, None, num_threads=1)
+    trainer = Trainer(sampled_config(text_corpus), tmp_path / "epochs", tokenizer, corpus, torch.device("cpu"))
     best = list(corpus["train"]["src_ids"]), list(corpus["train"]["tgt_ids"])
     segmentations = []
     for epoch in (0, 1, 0):
@@ -69,11 +70,13 @@ def test_subword_sampling_segments_each_epoch_anew_and_resumes_exactly(text_corp
     assert segmentations[0] != best and segmentations[0] != segmentations[1]
     assert segmentations[2] == segmentations[0]  # (seed, epoch) alone decide: resumable
 
-    # Stopped mid-epoch and resumed, a sampled run ends on the uninterrupted run's weights.
+
+@pytest.mark.slow  # make test stays under 6 minutes on a slower 2-core machine
+def test_a_sampled_run_stopped_mid_epoch_resumes_onto_the_uninterrupted_weights(text_corpus, tmp_path):
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    run_training(sampled_config(max_steps=14), straight)
-    run_training(sampled_config(max_steps=5), interrupted)
-    run_training(sampled_config(max_steps=14, resume=str(interrupted)), interrupted)
+    run_training(sampled_config(text_corpus, max_steps=14), straight)
+    run_training(sampled_config(text_corpus, max_steps=5), interrupted)
+    run_training(sampled_config(text_corpus, max_steps=14, resume=str(interrupted)), interrupted)
     a = load_checkpoint(straight / "checkpoints" / "last.pt")
     b = load_checkpoint(interrupted / "checkpoints" / "last.pt")
     position = ("step", "epoch", "batch_in_epoch")
