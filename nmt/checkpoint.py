@@ -102,8 +102,12 @@ def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
         raise CheckpointError("no checkpoints to average")
     first = load_checkpoint(paths[0])
     total = {name: weight.double() for name, weight in first["model"].items()}
+    # The mean is as trained as its most trained member: report that one's step and epoch.
+    progress = first.get("progress", {})
     for path in paths[1:]:
         payload = load_checkpoint(path)
+        if payload.get("progress", {}).get("step", 0) > progress.get("step", 0):
+            progress = payload["progress"]
         if payload["config"].get("model") != first["config"].get("model"):
             raise CheckpointError(f"{path} is of another model than {paths[0]}: only one model's checkpoints average")
         if payload["tokenizer"] != first["tokenizer"]:
@@ -113,7 +117,6 @@ def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
         for name, weight in payload["model"].items():
             total[name] += weight.double()
     model = {name: (weight / len(paths)).to(first["model"][name].dtype) for name, weight in total.items()}
-    progress = first.get("progress", {})
     return {
         "config": first["config"],
         "tokenizer": first["tokenizer"],

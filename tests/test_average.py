@@ -39,12 +39,14 @@ def test_the_average_of_the_last_k_is_their_mean_and_translates(kept_run, tmp_pa
     for name, weight in averaged["model"].items():
         torch.testing.assert_close(weight, (a[name] + b[name]) / 2)
     assert len(averaged["averaged_from"]) == 2
+    assert averaged["progress"]["step"] == 12  # the newest member's, in whatever order they are given
     translator = Translator.load(out, beam_size=2, device="cpu", workers=1)
     assert translator.translate([PAIRS[0][0]])[0]
     listed = tmp_path / "listed.pt"
-    paths = [str(kept_run / "checkpoints" / name) for name in ("step_0000008.pt", "step_0000012.pt")]
+    paths = [str(kept_run / "checkpoints" / name) for name in ("step_0000012.pt", "step_0000008.pt")]
     assert nmt.cli.average.main([*paths, "-o", str(listed)]) == 0
     assert all(torch.equal(load_checkpoint(listed)["model"][n], w) for n, w in averaged["model"].items())
+    assert load_checkpoint(listed)["progress"]["step"] == 12
 
 
 def test_checkpoints_of_another_model_or_vocabulary_are_refused(kept_run, tmp_path, capsys):
