@@ -148,39 +148,9 @@ class Trainer:
         self.model: Seq2Seq = build_model(config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
         self.model.to(device)
         self.loss = TeacherForcedLoss(self.model, self.precision, device)
-        # The module a training step runs: with several ranks, DDP sums the shares' gradients
-        # bucket by bucket while the backward pass goes on (and starts every rank from rank 0's
-        # weights).
-        self.objective: torch.nn.Module = self.loss
-        if ranks.distributed:
-            self.objective = torch.nn.parallel.DistributedDataParallel(
-                self.loss,
-                device_ids=[device.index] if device.type == "cuda" else None,
-                gradient_as_bucket_view=True,
-            )
-        # torch's fused Adam makes one pass over each weight where the default makes a dozen
-        # elementwise ones: 57 -> 17 ms per update of the reference model on one thread.
-        fused = device.type in ("cpu", "cuda")
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.train_config.lr, fused=fused)
-        decay = self.train_config.average_decay
-        self.average = WeightAverage(self.model, decay) if decay else None
-        # lr_decay_factor 1.0 means a constant rate (torch's plateau scheduler refuses factor 1).
-        self.scheduler = None
-        if self.train_config.lr_decay_factor < 1.0:
-            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                self.optimizer,
-                mode="min",
-                factor=self.train_config.lr_decay_factor,
-                patience=self.train_config.lr_patience,
-                min_lr=self.train_config.min_lr,
-            )
-        # Plain lists: indexing a datasets column reads Arrow on every access.
-        self.train_texts = corpus["train"]["src"], corpus["train"]["tgt"]
-        self._use_train_ids(list(corpus["train"]["src_ids"]), list(corpus["train"]["tgt_ids"]))
-        valid = corpus["validation"]
-        self.valid_src, self.valid_tgt = list(valid["src_ids"]), list(valid["tgt_ids"])
-        self.valid_refs = list(valid["tgt"])
-        self.gate_sentence = next((text for text in valid["src"] if text.strip()), None)
+        self.objective = self._training_objective()
+        self._build_optimizer()
+        self._take_corpus(corpus)
         self.validated_step = -1
         # Validation is shared: each rank translates its share of the sentences in one process.
         self.translator = Translator(
@@ -205,6 +175,46 @@ class Trainer:
             torch.get_num_threads(),
             "s" if torch.get_num_threads() > 1 else "",
         )
+
+    def _training_objective(self) -> torch.nn.Module:
+        """The module a training step runs: with several ranks, DDP sums the shares' gradients
+        bucket by bucket while the backward pass goes on (and starts every rank from rank 0's
+        weights)."""
+        if not self.ranks.distributed:
+            return self.loss
+        return torch.nn.parallel.DistributedDataParallel(
+            self.loss,
+            device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            gradient_as_bucket_view=True,
+        )
+
+    def _build_optimizer(self) -> None:
+        """Adam, the weight average (train.average_decay) and the plateau scheduler."""
+        # torch's fused Adam makes one pass over each weight where the default makes a dozen
+        # elementwise ones: 57 -> 17 ms per update of the reference model on one thread.
+        fused = self.device.type in ("cpu", "cuda")
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.train_config.lr, fused=fused)
+        decay = self.train_config.average_decay
+        self.average = WeightAverage(self.model, decay) if decay else None
+        # lr_decay_factor 1.0 means a constant rate (torch's plateau scheduler refuses factor 1).
+        self.scheduler = None
+        if self.train_config.lr_decay_factor < 1.0:
+            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                self.optimizer,
+                mode="min",
+                factor=self.train_config.lr_decay_factor,
+                patience=self.train_config.lr_patience,
+                min_lr=self.train_config.min_lr,
+            )
+
+    def _take_corpus(self, corpus: datasets.DatasetDict) -> None:
+        # Plain lists: indexing a datasets column reads Arrow on every access.
+        self.train_texts = corpus["train"]["src"], corpus["train"]["tgt"]
+        self._use_train_ids(list(corpus["train"]["src_ids"]), list(corpus["train"]["tgt_ids"]))
+        valid = corpus["validation"]
+        self.valid_src, self.valid_tgt = list(valid["src_ids"]), list(valid["tgt_ids"])
+        self.valid_refs = list(valid["tgt"])
+        self.gate_sentence = next((text for text in valid["src"] if text.strip()), None)
 
     def _use_train_ids(self, src_ids: list[list[int]], tgt_ids: list[list[int]]) -> None:
         self.train_src, self.train_tgt = src_ids, tgt_ids
