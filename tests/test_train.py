@@ -256,6 +256,7 @@ def test_user_errors_end_in_one_clear_message(tmp_path, override, message):
     assert process.returncode != 0
     assert message in output
     assert "Traceback" not in output
+    assert "training in" not in output  # refused before any training process starts
 
 
 def test_unreachable_hub_names_the_override(tmp_path):
@@ -267,6 +268,7 @@ def test_unreachable_hub_names_the_override(tmp_path):
     assert process.returncode != 0
     assert "data.source=PATH" in output and "NMT_DATA" in output
     assert "Traceback" not in output
+    assert "training in" not in output
 
 
 @pytest.mark.slow  # make test stays under 6 minutes on a slower 2-core machine

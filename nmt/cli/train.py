@@ -31,7 +31,7 @@ from nmt.config import (
     register_configs,
     to_config,
 )
-from nmt.data.corpus import DataError
+from nmt.data.corpus import DataError, check_source
 from nmt.data.tokenizer import TokenizerError
 from nmt.model.device import resolve_device, resolve_precision
 from nmt.training.distributed import (
@@ -71,6 +71,7 @@ def _train(cfg: DictConfig) -> None:
     try:
         config = to_config(cfg)
         if not under_launcher() and _processes(config) > 1:
+            check_source(config.data.source)  # one message in seconds, before the processes start
             _launch(config, run_dir)
         else:
             run_training(config, run_dir)

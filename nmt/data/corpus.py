@@ -56,19 +56,14 @@ def load_corpus(
     `{"train": "train", "validation": "val", "test": "test"}`.
     """
     prefixes = prefixes or {"train": "train", "validation": "val", "test": "test"}
+    check_source(source)
     path = Path(source).expanduser()
-    if path.is_dir():
-        if _is_text_dir(path, prefixes["train"], src_lang):
-            corpus = _load_text_dir(path, src_lang, tgt_lang, prefixes)
-        else:
-            corpus = _load_hub_layout(str(path), src_lang, tgt_lang)
-    elif path.exists():
-        raise DataError(f"data source {source!r} is a file; give the directory that holds the splits")
-    elif _looks_like_path(source):
-        raise DataError(f"data source directory {source!r} does not exist; {_OVERRIDE_HINT}")
-    else:
-        check_hub_reachable(source)
+    if not path.is_dir():
         corpus = _load_hub_layout(source, src_lang, tgt_lang)
+    elif _is_text_dir(path, prefixes["train"], src_lang):
+        corpus = _load_text_dir(path, src_lang, tgt_lang, prefixes)
+    else:
+        corpus = _load_hub_layout(str(path), src_lang, tgt_lang)
     corpus = corpus.map(_strip_pair, desc="strip")
     corpus["train"] = clean_train(corpus["train"], train_limit)
     for split in SPLITS:
@@ -103,6 +98,19 @@ def filter_by_length(train: datasets.Dataset, max_len: int) -> datasets.Dataset:
 
 def _strip_pair(pair: dict) -> dict:
     return {"src": pair["src"].strip(), "tgt": pair["tgt"].strip()}
+
+
+def check_source(source: str) -> None:
+    """Refuse (DataError) a data source that cannot be loaded before reading any of it: a local
+    path that is missing or a file, or a hub id when the hub cannot be reached."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return
+    if path.exists():
+        raise DataError(f"data source {source!r} is a file; give the directory that holds the splits")
+    if _looks_like_path(source):
+        raise DataError(f"data source directory {source!r} does not exist; {_OVERRIDE_HINT}")
+    check_hub_reachable(source)
 
 
 def _looks_like_path(source: str) -> bool:
