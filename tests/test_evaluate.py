@@ -65,15 +65,18 @@ def test_several_checkpoints_make_one_table(trained_run):
     assert len(rows) == 2 and "best.pt" in rows[0] and "last.pt" in rows[1]
 
 
-def test_user_errors_are_one_line(tmp_path):
-    missing = run("--hyp", str(tmp_path / "nope"), "--ref", str(tmp_path / "nope"))
+def test_user_errors_are_one_line(tmp_path, capsys):
+    import nmt.cli.evaluate
+
+    missing = run("--hyp", str(tmp_path / "nope"), "--ref", str(tmp_path / "nope"))  # the whole command
     assert missing.returncode == 2 and "cannot read" in missing.stderr and "Traceback" not in missing.stderr
     write_lines(tmp_path / "a", ["x", "y"])
     write_lines(tmp_path / "b", ["x"])
-    uneven = run("--hyp", str(tmp_path / "a"), "--ref", str(tmp_path / "b"))
-    assert uneven.returncode == 2 and "2 hypotheses but 1 references" in uneven.stderr
-    usage = run("--hyp", str(tmp_path / "a"))
-    assert usage.returncode == 2 and "need --ref" in usage.stderr
+    assert nmt.cli.evaluate.main(["--hyp", str(tmp_path / "a"), "--ref", str(tmp_path / "b")]) == 2
+    assert "2 hypotheses but 1 references" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:
+        nmt.cli.evaluate.main(["--hyp", str(tmp_path / "a")])
+    assert usage.value.code == 2 and "need --ref" in capsys.readouterr().err
 
 
 def test_the_lowercased_bleu_comes_on_request_labelled_with_its_signature(tmp_path, capsys):

@@ -37,7 +37,7 @@ def test_inspector_writes_a_plot_per_layer_and_the_numbers(trained_run, tmp_path
     assert decoder["side"] == "decoder" and decoder["pieces"][0] == "<s>"
 
 
-def test_translate_gates_option_and_errors(trained_run, tmp_path):
+def test_translate_gates_option_and_errors(trained_run, tmp_path, capsys):
     stdin = f"{PAIRS[1][0]}\n\n"
     result = subprocess.run(
         [str(BIN / "nmt-translate"), str(trained_run), "--gates", str(tmp_path / "g")],
@@ -49,13 +49,10 @@ def test_translate_gates_option_and_errors(trained_run, tmp_path):
     assert result.returncode == 0, result.stderr
     assert [p.name for p in sorted((tmp_path / "g").iterdir())] == ["000001"]
     assert (tmp_path / "g" / "000001" / "gates.json").is_file()
-    empty = subprocess.run(
-        [str(BIN / "nmt-inspect"), str(trained_run), "  ", "-o", str(tmp_path / "e")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert empty.returncode == 2 and "the sentence is empty" in empty.stderr
+    import nmt.cli.inspect
+
+    assert nmt.cli.inspect.main([str(trained_run), "  ", "-o", str(tmp_path / "e")]) == 2
+    assert "the sentence is empty" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("cell", ["gru", "rnn"])

@@ -129,13 +129,15 @@ def test_cli_nbest_scores_and_attention_plots(trained_run, tmp_path):
     assert sorted(p.name for p in plots.iterdir()) == ["000001.png", "000003.png", "000004.png"]
 
 
-def test_cli_rejects_bad_search_options(trained_run):
-    result = run_cli(str(trained_run), "--beam", "2", "--nbest", "3", stdin="x\n")
+def test_cli_rejects_bad_search_options(trained_run, capsys):
+    import nmt.cli.translate
+
+    result = run_cli(str(trained_run), "--beam", "2", "--nbest", "3", stdin="x\n")  # the whole command
     assert result.returncode == 2 and "nbest=3 must be between 1 and the beam size (2)" in result.stderr
-    result = run_cli(str(trained_run), "--workers", "-1", stdin="x\n")
-    assert result.returncode == 2 and "workers=-1 must be >= 0" in result.stderr
-    result = run_cli(str(trained_run), "--temperature", "0.5", stdin="x\n")
-    assert result.returncode == 2 and "temperature only apply with sample=true (--sample)" in result.stderr
+    assert nmt.cli.translate.main([str(trained_run), "--workers", "-1"]) == 2
+    assert "workers=-1 must be >= 0" in capsys.readouterr().err
+    assert nmt.cli.translate.main([str(trained_run), "--temperature", "0.5"]) == 2
+    assert "temperature only apply with sample=true (--sample)" in capsys.readouterr().err
 
 
 def test_long_lines_empty_lines_and_bad_bytes_keep_the_line_count(checkpoint, tmp_path):
