@@ -109,23 +109,31 @@ def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess
     return subprocess.run([str(BIN / "nmt-translate"), *args], input=stdin, capture_output=True, text=True, timeout=300)
 
 
-def test_cli_nbest_scores_and_attention_plots(trained_run, tmp_path):
+def test_cli_nbest_scores_and_attention_plots(trained_run, tmp_path, capsys):
+    import nmt.cli.translate
+
     sources = [de for de, _ in PAIRS[:3]]
     stdin = "\n".join([sources[0], "", *sources[1:]]) + "\n"
-    nbest = run_cli(str(trained_run), "--beam", "4", "--nbest", "3", stdin=stdin)
+    source = tmp_path / "source.de"
+    source.write_text(stdin)
+
+    def translate(*options: str) -> list[str]:  # in-process, the source as a file
+        assert nmt.cli.translate.main([str(trained_run), "-i", str(source), *options]) == 0
+        return capsys.readouterr().out.splitlines()
+
+    nbest = run_cli(str(trained_run), "--beam", "4", "--nbest", "3", stdin=stdin)  # the whole command
     assert nbest.returncode == 0, nbest.stderr
     rows = [line.split("\t") for line in nbest.stdout.splitlines()]
     assert [int(r[0]) for r in rows] == [1, 1, 1, 2, 3, 3, 3, 4, 4, 4]
     for line in (1, 3, 4):
         scores = [float(r[1]) for r in rows if int(r[0]) == line]
         assert scores == sorted(scores, reverse=True) and all(s < 0 for s in scores)
-    best = run_cli(str(trained_run), "--beam", "4", stdin=stdin).stdout.splitlines()
+    best = translate("--beam", "4")
     assert [r[2] for r in rows if r[0] in ("1", "3", "4")][::3] == [best[0], best[2], best[3]]
-    scored = run_cli(str(trained_run), "--scores", stdin=stdin).stdout.splitlines()
+    scored = translate("--scores")
     assert len(scored) == 4 and float(scored[0].split("\t")[0]) < 0
     plots = tmp_path / "attention"
-    result = run_cli(str(trained_run), "--attention", str(plots), stdin=stdin)
-    assert result.returncode == 0, result.stderr
+    translate("--attention", str(plots))
     assert sorted(p.name for p in plots.iterdir()) == ["000001.png", "000003.png", "000004.png"]
 
 
