@@ -38,6 +38,8 @@ def test_inspector_writes_a_plot_per_layer_and_the_numbers(trained_run, tmp_path
 
 
 def test_translate_gates_option_and_errors(trained_run, tmp_path, capsys):
+    import nmt.cli.inspect
+
     stdin = f"{PAIRS[1][0]}\n\n"
     result = subprocess.run(
         [str(BIN / "nmt-translate"), str(trained_run), "--gates", str(tmp_path / "g")],
@@ -49,8 +51,6 @@ def test_translate_gates_option_and_errors(trained_run, tmp_path, capsys):
     assert result.returncode == 0, result.stderr
     assert [p.name for p in sorted((tmp_path / "g").iterdir())] == ["000001"]
     assert (tmp_path / "g" / "000001" / "gates.json").is_file()
-    import nmt.cli.inspect
-
     assert nmt.cli.inspect.main([str(trained_run), "  ", "-o", str(tmp_path / "e")]) == 2
     assert "the sentence is empty" in capsys.readouterr().err
 

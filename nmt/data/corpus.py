@@ -58,7 +58,7 @@ def load_corpus(
     prefixes = prefixes or {"train": "train", "validation": "val", "test": "test"}
     check_source(source)
     path = Path(source).expanduser()
-    if not path.is_dir():
+    if not path.is_dir():  # a hub id: check_source refused every other non-directory
         corpus = _load_hub_layout(source, src_lang, tgt_lang)
     elif _is_text_dir(path, prefixes["train"], src_lang):
         corpus = _load_text_dir(path, src_lang, tgt_lang, prefixes)
