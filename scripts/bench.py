@@ -15,7 +15,8 @@ Rows (each measured in this run, never copied from an earlier one):
   `train.processes=1`), as one more alternated arm;
 - `--independent`: one more arm of as many one-thread trainings as cores, side by side, each on
   its share of the batch size and exchanging nothing: their summed rate is the most that as many
-  ranks could reach if the gradient exchange and the ranks' waiting for each other cost nothing;
+  ranks could reach if the gradient exchange and the ranks' waiting for each other cost nothing
+  (each counted until the first of them reaches the window's end);
 - `--peers`: ../shared/peers' JoeyNMT and OpenNMT-py throughput checks, in the same run.
 
 Writes BENCH_DIR/bench.md and bench.json (default runs/bench/<time>/). Run nothing else heavy
@@ -29,6 +30,7 @@ import datetime
 import itertools
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -186,12 +188,32 @@ def describe_model(data: str, batch_tokens: int, batching: str = "length") -> di
 
 
 # --- training --------------------------------------------------------------------------------------
+@dataclass
+class SideBySide:
+    """Trainings run at once: the moment the first of them logged its window's last step. After
+    it, the others would train on an emptier machine, faster, so their rates stop there."""
+
+    first_done: float = math.inf
+
+    def finish(self, moment: float) -> None:
+        self.first_done = min(self.first_done, moment)
+
+
 def run_training(
-    tree: Path, label: str, overrides: list[str], window: tuple[int, int], data: str, python: str
+    tree: Path,
+    label: str,
+    overrides: list[str],
+    window: tuple[int, int],
+    data: str,
+    python: str,
+    side_by_side: SideBySide | None = None,
 ) -> TrainResult:
-    """Train in a subprocess until the window's last step is logged, then stop it. Tokens/s:
-    sum of (logged rate x interval) / sum of intervals, over the logging intervals inside the
-    window, timed by the log's own timestamps (as ../shared/peers/parse_logs.py does)."""
+    """Train in a subprocess until the window's last step is logged (or, side by side with
+    others, until one of them logged theirs), then stop it. Tokens/s: sum of (logged rate x
+    interval) / sum of intervals, over the logging intervals inside the window (and before the
+    first side-by-side training finished), timed by the log's own timestamps (as
+    ../shared/peers/parse_logs.py does)."""
+    together = side_by_side or SideBySide()
     first, last = window
     with tempfile.TemporaryDirectory(prefix="nmt-bench-") as run_dir:
         command = [
@@ -232,14 +254,21 @@ def run_training(
             moment = datetime.datetime.strptime(match["time"], "%Y-%m-%d %H:%M:%S,%f").timestamp()
             stamps.append((int(match["step"]), moment, float(match["rate"])))
             if int(match["step"]) >= last:
+                together.finish(moment)
+            if moment >= together.first_done:
                 break
         peak_kib = memory.stop()
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-    inside = [(b, tb, rate) for (a, ta, _), (b, tb, rate) in itertools.pairwise(stamps) if a >= first and b <= last]
-    if not inside:
+    pairs = [
+        (start, end)
+        for start, end in itertools.pairwise(stamps)
+        if start[0] >= first and end[0] <= last and end[1] <= together.first_done
+    ]
+    if not pairs:
         raise RuntimeError(f"{label}: no log lines in steps {first}-{last}; its output ends:\n{''.join(output[-20:])}")
-    intervals = [tb - ta for (a, ta, _), (b, tb, _) in itertools.pairwise(stamps) if a >= first and b <= last]
+    inside = [end for _, end in pairs]
+    intervals = [end[1] - start[1] for start, end in pairs]
     tokens = sum(rate * seconds for (_, _, rate), seconds in zip(inside, intervals))
     return TrainResult(label, tokens / sum(intervals), peak_kib / 2**20, window)
 
@@ -254,8 +283,10 @@ def run_independent(
     share += [f"train.batch_tokens={batch_tokens // processes}", "train.processes=1", "train.num_threads=1"]
     steps = (window[0] * processes, window[1] * processes)
 
+    together = SideBySide()
+
     def train(n: int) -> TrainResult:
-        return run_training(ROOT, f"{label} {n}", [*share, f"train.seed={n + 1}"], steps, data, python)
+        return run_training(ROOT, f"{label} {n}", [*share, f"train.seed={n + 1}"], steps, data, python, together)
 
     with ThreadPoolExecutor(processes) as pool:
         results = list(pool.map(train, range(processes)))
