@@ -8,6 +8,7 @@ log-probabilities, so searches can be held to their definitions.
 from __future__ import annotations
 
 import gzip
+import importlib
 import itertools
 import math
 import os
@@ -18,6 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -25,6 +27,18 @@ from nmt.config import Config, DataConfig, DecoderConfig, EncoderConfig, ModelCo
 from nmt.data.batching import pad
 from nmt.data.tokenizer import EOS_ID
 from nmt.model.seq2seq import Seq2Seq, build_model
+
+SCRIPTS = Path(__file__).parent.parent / "scripts"
+
+
+def script_module(name: str) -> ModuleType:
+    """scripts/NAME.py as a module, importing its neighbours as `python scripts/NAME.py` lets it."""
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(SCRIPTS))
+
 
 SUBJECTS = [
     ("der Hund", "the dog"),

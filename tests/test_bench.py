@@ -3,12 +3,11 @@ at a set pace), as `make bench` computes them."""
 
 from __future__ import annotations
 
-import importlib
 import sys
 import textwrap
 from pathlib import Path
 
-SCRIPTS = Path(__file__).parent.parent / "scripts"
+from helpers import script_module
 
 # Logs `step N ... R target tokens/s` every 25 steps, every PACE seconds; the pace depends on the
 # seed, as for two trainings side by side on different batches. The slower one speeds up tenfold
@@ -27,14 +26,6 @@ STAND_IN_TRAINER = """\
 """
 
 
-def bench():
-    sys.path.insert(0, str(SCRIPTS))  # it imports its neighbours, as `python scripts/...` lets it
-    try:
-        return importlib.import_module("bench")
-    finally:
-        sys.path.remove(str(SCRIPTS))
-
-
 def stand_in_python(tmp_path: Path) -> str:
     """An interpreter in name only: bench calls `PYTHON -c CODE OVERRIDES...`; this one ignores
     the code and logs as a training of the seed among the overrides would."""
@@ -50,5 +41,7 @@ def test_side_by_side_trainings_are_counted_only_while_all_of_them_run(tmp_path)
     """The --independent arm sums the rates of trainings run at once. Once the faster one has
     finished its window (steps 50-300 here, at ~1.2 s), the slower one runs alone, faster, and
     must not be counted on from then (nor kept running to its own window's end at ~2.4 s)."""
-    result = bench().run_independent("side by side", [], 2400, (25, 150), "unused", stand_in_python(tmp_path), 2)
+    result = script_module("bench").run_independent(
+        "side by side", [], 2400, (25, 150), "unused", stand_in_python(tmp_path), 2
+    )
     assert result.tokens_per_s == 150.0  # 100 + 50: each rate from what it logged while both ran

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from helpers import toy_cli_overrides
-
-SCRIPTS = Path(__file__).parent.parent / "scripts"
-
-
-def sweep_report():
-    sys.path.insert(0, str(SCRIPTS))  # it imports its neighbours, as `python scripts/...` lets it
-    try:
-        return importlib.import_module("sweep_report")
-    finally:
-        sys.path.remove(str(SCRIPTS))
+from helpers import script_module, toy_cli_overrides
 
 
 def write_job(sweep: Path, number: int, overrides: list[str]) -> Path:
@@ -37,14 +26,14 @@ def test_jobs_are_labelled_by_the_overrides_that_differ_seed_aside(tmp_path):
         write_job(tmp_path, 2, [*common, "cell=gru", "model.attention=none", "train.seed=1"]),
         write_job(tmp_path, 3, [*common, "cell=gru", "model.attention=none", "train.seed=2"]),
     ]
-    labels = sweep_report().settings(jobs)
+    labels = script_module("sweep_report").settings(jobs)
     assert [labels[job] for job in jobs] == ["cell=lstm"] * 2 + ["cell=gru"] * 2
 
 
 def test_a_directory_without_finished_jobs_is_refused(tmp_path):
     write_job(tmp_path, 0, ["train.seed=1"])
     with pytest.raises(SystemExit, match="no finished jobs"):
-        sweep_report().find_jobs(tmp_path)
+        script_module("sweep_report").find_jobs(tmp_path)
 
 
 @pytest.mark.slow
@@ -55,7 +44,7 @@ def test_a_multirun_trains_every_combination_and_the_report_pools_its_seeds(text
     command += ["cell=lstm,rnn", "train.seed=1,2", f"hydra.sweep.dir={sweep}"]
     subprocess.run(command, check=True, capture_output=True, timeout=600)
     plot = tmp_path / "curves.png"
-    assert sweep_report().main([str(sweep), "--beam", "2", "--plot", str(plot)]) == 0
+    assert script_module("sweep_report").main([str(sweep), "--beam", "2", "--plot", str(plot)]) == 0
     jobs = json.loads((sweep / "sweep.json").read_text())["jobs"]
     assert sorted((job["setting"], job["seed"]) for job in jobs) == [
         ("cell=lstm", "1"),
@@ -64,7 +53,7 @@ def test_a_multirun_trains_every_combination_and_the_report_pools_its_seeds(text
         ("cell=rnn", "2"),
     ]
     assert all(job["steps"] == 4 for job in jobs)
-    report = sweep_report()
+    report = script_module("sweep_report")
     for job in jobs:  # the perplexity training logged at one of its validations
         assert job["val_ppl"] in {round(point[3], 2) for point in report.curve(Path(job["job"]))}
     table = (sweep / "sweep.md").read_text()
