@@ -16,6 +16,7 @@ import torch
 from helpers import PAIRS, tiny_config, toy_cli_overrides, write_lines
 
 from nmt.checkpoint import load_checkpoint, save_checkpoint
+from nmt.cli.train import with_the_runs_train_settings
 from nmt.config import (
     ConfigError,
     TrainConfig,
@@ -124,13 +125,40 @@ def test_a_constant_learning_rate_and_gateless_cells_train_and_resume(text_corpu
 
 
 @pytest.mark.slow  # make test stays under 6 minutes on a slower 2-core machine
-def test_resume_keeps_the_runs_model_config(text_corpus, tmp_path):
+def test_resume_keeps_the_runs_model_config_and_train_settings(text_corpus, tmp_path):
+    """The run's model is continued whatever the command line says of the model; of the train
+    settings, those the command line gives change and the rest are the run's own: what `nmt-train
+    train.resume=RUN train.max_steps=8` composes (the defaults) goes on with RUN's rate and batches.
+    A recipe or train preset named on the command line gives them all."""
     run = tmp_path / "run"
-    run_training(tiny_config(text_corpus, max_steps=4), run)
-    changed = tiny_config(text_corpus, max_steps=8, resume=str(run))
+    run_training(tiny_config(text_corpus, max_steps=4, lr=0.003), run)
+    changed = tiny_config(text_corpus)
     changed.model.embed_dim = 64  # ignored: the checkpoint's model is continued
-    assert run_training(changed, run).step == 8
+    changed.train = TrainConfig(resume=str(run), max_steps=8)
+    resumed = with_the_runs_train_settings(
+        changed, [f"train.resume={run}", "train.max_steps=8", f"hydra.run.dir={run}"]
+    )
+    assert (resumed.train.lr, resumed.train.batch_tokens, resumed.train.max_steps) == (0.003, 300, 8)
+    assert with_the_runs_train_settings(changed, [f"train.resume={run}", "experiment=multi30k_de_en"]) == changed
+    assert run_training(resumed, run).step == 8
     assert load_checkpoint(run / "checkpoints" / "last.pt")["config"]["model"]["embed_dim"] == 16
+
+
+@pytest.mark.slow  # the same through the command, two runs of it: ~23 s
+def test_resume_goes_on_with_the_runs_train_settings_but_those_given(text_corpus, tmp_path):
+    """`nmt-train train.resume=RUN`, as a stopped run's log says to resume it, continues RUN's
+    schedule (a recipe's budget, rate and batches), not the defaults; train keys given change."""
+    run = tmp_path / "run"
+    started = nmt_train(
+        *toy_cli_overrides(text_corpus), "train.max_steps=3", "train.lr=0.003", f"hydra.run.dir={run}", cwd=tmp_path
+    )
+    assert started.wait(timeout=300) == 0, started.communicate()[0]
+    resumed = nmt_train(f"train.resume={run}", "train.max_steps=5", cwd=tmp_path)
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output
+    assert "resuming with the run's own train settings (" in output
+    train = load_checkpoint(run / "checkpoints" / "last.pt")["config"]["train"]
+    assert (train["lr"], train["batch_tokens"], train["max_steps"]) == (0.003, 300, 5)
 
 
 class FakeClock:
