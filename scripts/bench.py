@@ -267,10 +267,9 @@ def run_training(
     ]
     if not pairs:
         raise RuntimeError(f"{label}: no log lines in steps {first}-{last}; its output ends:\n{''.join(output[-20:])}")
-    inside = [end for _, end in pairs]
-    intervals = [end[1] - start[1] for start, end in pairs]
-    tokens = sum(rate * seconds for (_, _, rate), seconds in zip(inside, intervals))
-    return TrainResult(label, tokens / sum(intervals), peak_kib / 2**20, window)
+    seconds = sum(end[1] - start[1] for start, end in pairs)
+    tokens = sum(end[2] * (end[1] - start[1]) for start, end in pairs)  # the rate logged at an interval's end
+    return TrainResult(label, tokens / seconds, peak_kib / 2**20, window)
 
 
 def run_independent(
