@@ -38,7 +38,7 @@ def trained_run(tmp_path_factory) -> Path:
     """A small attention model trained for a few seconds on the toy corpus: its outputs are
     peaked enough that searches can be compared without near-ties."""
     from nmt.config import Config, DataConfig, DecoderConfig, EncoderConfig, ModelConfig, TokenizerConfig, TrainConfig
-    from nmt.training.trainer import run_training
+    from nmt.training.run import run_training
 
     root = tmp_path_factory.mktemp("trained")
     corpus = root / "corpus"

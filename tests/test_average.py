@@ -9,7 +9,7 @@ from helpers import PAIRS, SPLITS, tiny_config, write_lines
 
 import nmt.cli.average
 from nmt.checkpoint import load_checkpoint, save_checkpoint
-from nmt.training.trainer import run_training
+from nmt.training.run import run_training
 from nmt.translation import Translator
 
 

@@ -23,7 +23,9 @@ from nmt.data.corpus import prepare_data
 from nmt.data.tokenizer import Tokenizer
 from nmt.model.seq2seq import build_model
 from nmt.training.distributed import Ranks, process_group, split_batch
-from nmt.training.trainer import TeacherForcedLoss, Trainer, run_training
+from nmt.training.loss import TeacherForcedLoss
+from nmt.training.run import run_training
+from nmt.training.trainer import Trainer
 
 BIN = Path(sys.executable).parent
 CPU = torch.device("cpu")

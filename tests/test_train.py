@@ -22,7 +22,8 @@ from nmt.config import (
     TrainConfig,
 )
 from nmt.data.corpus import prepare_data
-from nmt.training.trainer import Trainer, run_training
+from nmt.training.run import run_training
+from nmt.training.trainer import Trainer
 
 BIN = Path(sys.executable).parent
 
@@ -445,10 +446,10 @@ def test_a_stop_signal_inside_a_log_write_is_announced_without_writing_into_that
 
 
 def test_a_nan_loss_skips_its_update_and_too_many_in_a_row_stop_training(text_corpus, tmp_path, monkeypatch):
-    import nmt.training.trainer
+    import nmt.training.loss
     from nmt.training.trainer import TrainingDiverged
 
-    real_loss = nmt.training.trainer.sequence_loss
+    real_loss = nmt.training.loss.sequence_loss
     calls = {"n": 0}
 
     def poisoned(logits, targets, label_smoothing=0.0):
@@ -456,7 +457,7 @@ def test_a_nan_loss_skips_its_update_and_too_many_in_a_row_stop_training(text_co
         loss, nll = real_loss(logits, targets, label_smoothing)
         return (loss * float("nan"), nll) if calls["n"] in (3, 4) else (loss, nll)
 
-    monkeypatch.setattr(nmt.training.trainer, "sequence_loss", poisoned)
+    monkeypatch.setattr(nmt.training.loss, "sequence_loss", poisoned)
     config = tiny_config(text_corpus, max_steps=8, validate_every=8)
     progress = run_training(config, tmp_path / "run")
     assert progress.step == 8 and progress.nonfinite_total == 2 and progress.nonfinite_in_a_row == 0
@@ -464,7 +465,7 @@ def test_a_nan_loss_skips_its_update_and_too_many_in_a_row_stop_training(text_co
     assert all(torch.isfinite(weight).all() for weight in last["model"].values())
 
     monkeypatch.setattr(
-        nmt.training.trainer, "sequence_loss", lambda *a, **k: [x * float("nan") for x in real_loss(*a, **k)]
+        nmt.training.loss, "sequence_loss", lambda *a, **k: [x * float("nan") for x in real_loss(*a, **k)]
     )
     with pytest.raises(TrainingDiverged, match="3 updates in a row had a NaN or inf gradient"):
         run_training(tiny_config(text_corpus, max_steps=8, max_nonfinite_steps=3), tmp_path / "diverged")

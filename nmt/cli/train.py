@@ -46,7 +46,8 @@ from nmt.training.distributed import (
     resolve_processes,
     under_launcher,
 )
-from nmt.training.trainer import PeerError, TrainingDiverged, TrainingStopped, run_training
+from nmt.training.run import PeerError, run_training
+from nmt.training.trainer import TrainingDiverged, TrainingStopped
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,10 @@
-"""Training: the Trainer, and `run_training`, everything `nmt-train` does once its config is set.
+"""The Trainer: the training loop over a prepared corpus, its checkpoints and its stopping rules.
 
-The Trainer takes a validated `Config` (the Hydra edge is `nmt.cli.train`) and writes one run
-directory per run: `tokenizer/`, `checkpoints/{last,best}.pt`, `tensorboard/` (and, from the
-command line, `.hydra/` and `train.log`). Under torchrun (or `train.processes`) every rank runs
-a Trainer on its share of every batch (nmt/training/distributed.py); rank 0 writes the run
-directory, and validation is shared between the ranks.
+The Trainer takes a validated `Config` (the Hydra edge is `nmt.cli.train`, the setting up
+`nmt.training.run`) and writes the run directory's `checkpoints/{last,best}.pt` and
+`tensorboard/`. Under torchrun (or `train.processes`) every rank runs a Trainer on its share of
+every batch (nmt/training/distributed.py); rank 0 writes, and validation is shared between the
+ranks (nmt/training/validation.py).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import datasets
@@ -24,36 +24,17 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from nmt.checkpoint import (
-    BEST,
-    LAST,
-    load_checkpoint,
-    save_checkpoint,
-    step_checkpoint_name,
-    step_checkpoints,
-)
+from nmt.checkpoint import BEST, LAST, save_checkpoint, step_checkpoint_name, step_checkpoints
 from nmt.config import Config, TrainConfig
-from nmt.data.batching import Batch, collate, make_batcher, pack_targets, token_budget_batches
-from nmt.data.corpus import prepare_data
+from nmt.data.batching import collate, make_batcher
 from nmt.data.tokenizer import Tokenizer
-from nmt.model.device import autocast, resolve_device, resolve_precision
+from nmt.model.device import resolve_precision
 from nmt.model.seq2seq import Seq2Seq, build_model, count_parameters
-from nmt.scoring import bleu
 from nmt.training.averaging import WeightAverage
-from nmt.training.distributed import (
-    Ranks,
-    all_sum,
-    available_cores,
-    broadcast_object,
-    gather_objects,
-    process_group,
-    rank_device,
-    restart_count,
-    split_batch,
-)
-from nmt.training.loss import sequence_loss
+from nmt.training.distributed import Ranks, all_sum, split_batch
+from nmt.training.loss import TeacherForcedLoss
 from nmt.training.schedule import annealed_lr, budget_used
-from nmt.translation import Translator
+from nmt.training.validation import Validator
 
 log = logging.getLogger(__name__)
 
@@ -104,28 +85,6 @@ class TrainingDiverged(RuntimeError):
     """Too many updates in a row had a NaN or inf gradient (train.max_nonfinite_steps)."""
 
 
-class TeacherForcedLoss(torch.nn.Module):
-    """The training objective as one module, so that DistributedDataParallel can wrap it: its
-    forward is what every rank runs on its share of a batch."""
-
-    def __init__(self, model: Seq2Seq, precision: str, device: torch.device) -> None:
-        super().__init__()
-        self.model = model
-        self.precision = precision
-        self.device = device
-
-    def forward(self, batch: Batch | None, label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss sum, nll sum) over the batch's real target tokens, in fp32 whatever the precision
-        (sequence_loss upcasts the logits). No batch (a rank's empty share of a batch with fewer
-        pairs than ranks): a zero that reaches every weight, as DDP's gradient sum expects."""
-        if batch is None:
-            zero = sum(parameter.sum() for parameter in self.model.parameters()) * 0.0
-            return zero, zero.detach()
-        with autocast(self.precision, self.device):
-            logits = self.model.forward_packed(batch.src, batch.src_lengths, batch.tgt_in, batch.tgt_lengths)
-        return sequence_loss(logits, pack_targets(batch.tgt_out, batch.tgt_lengths), label_smoothing)
-
-
 class Trainer:
     def __init__(
         self,
@@ -151,17 +110,8 @@ class Trainer:
         self.objective = self._training_objective()
         self._build_optimizer()
         self._take_corpus(corpus)
+        self.validator = Validator(self.loss, tokenizer, corpus["validation"], self.train_config, ranks)
         self.validated_step = -1
-        # Validation is shared: each rank translates its share of the sentences in one process.
-        self.translator = Translator(
-            self.model,
-            tokenizer,
-            self.train_config.valid_search,
-            device,
-            self.train_config.batch_tokens,
-            self.precision,
-            workers=1,
-        )
         self.progress = Progress()
         self.stop_signal: int | None = None  # SIGINT or SIGTERM received: stop after this step
         self.meter = ThroughputMeter()
@@ -211,10 +161,6 @@ class Trainer:
         # Plain lists: indexing a datasets column reads Arrow on every access.
         self.train_texts = corpus["train"]["src"], corpus["train"]["tgt"]
         self._use_train_ids(list(corpus["train"]["src_ids"]), list(corpus["train"]["tgt_ids"]))
-        valid = corpus["validation"]
-        self.valid_src, self.valid_tgt = list(valid["src_ids"]), list(valid["tgt_ids"])
-        self.valid_refs = list(valid["tgt"])
-        self.gate_sentence = next((text for text in valid["src"] if text.strip()), None)
 
     def _use_train_ids(self, src_ids: list[list[int]], tgt_ids: list[list[int]]) -> None:
         self.train_src, self.train_tgt = src_ids, tgt_ids
@@ -508,37 +454,13 @@ class Trainer:
         )
 
     # --- validation --------------------------------------------------------------------------
-    def validate(self) -> dict[str, float]:
-        """Teacher-forced loss and perplexity, and BLEU of the validation translations. Each rank
-        takes every world_size-th batch and sentence; every rank gets the same result."""
-        self.model.eval()
-        rank, world_size = self.ranks.rank, self.ranks.world_size
-        src_ids, tgt_ids = self.valid_src, self.valid_tgt
-        lengths = [max(len(s), len(t)) + 1 for s, t in zip(src_ids, tgt_ids)]
-        nll_total, tokens = 0.0, 0
-        with torch.inference_mode():
-            for indices in token_budget_batches(lengths, self.train_config.batch_tokens)[rank::world_size]:
-                batch = collate([src_ids[i] for i in indices], [tgt_ids[i] for i in indices]).to(self.device)
-                _, nll = self.loss(batch)
-                nll_total += float(nll)
-                tokens += batch.num_tgt_tokens
-        nll_total, tokens = all_sum([nll_total, tokens], self.ranks)
-        limit = self.train_config.valid_bleu_sentences or len(src_ids)
-        shares = gather_objects(self.translator.translate_ids(src_ids[rank:limit:world_size]), self.ranks)
-        hypotheses = [""] * limit
-        for share_rank, share in enumerate(shares):
-            hypotheses[share_rank:limit:world_size] = share
-        score = bleu(hypotheses, self.valid_refs[:limit])
-        loss = nll_total / max(tokens, 1)
-        return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "bleu": score.score, "signature": score.signature}
-
     def _averaged(self):
         """Inside this block the model holds the weights that validation and best.pt judge."""
         return self.average.applied(self.model) if self.average is not None else nullcontext()
 
     def _validate_and_save(self) -> None:
         with self._averaged():
-            result = self.validate()
+            result = self.validator.validate()
         step = self.validated_step = self.progress.step
         minutes = self.progress.train_seconds / 60
         for name in ("loss", "ppl", "bleu"):
@@ -560,8 +482,7 @@ class Trainer:
         self.save(best=improved, validated=True)
         if self.writer is not None:
             with self._averaged():
-                self._plot_attention(step)
-                self._plot_gates(step)
+                self.validator.plot(self.writer, step)
         self.meter.reset()  # validation time is not training time
         log.info(
             "validation at step %d (%.1f min): loss %.3f, ppl %.2f, BLEU %.2f%s (%s)",
@@ -573,115 +494,3 @@ class Trainer:
             " (best)" if improved else "",
             result["signature"],
         )
-
-    def _plot_attention(self, step: int) -> None:
-        """Attention heatmaps of the first validation sentences, greedy, to TensorBoard."""
-        count = self.train_config.valid_attention_plots
-        if not count or self.model.decoder.attention is None:
-            return
-        from nmt.plots import attention_figure  # matplotlib only when plots are asked for
-
-        options = replace(self.translator.options, beam_size=1, nbest=1, sample=False, return_attention=True)
-        plotter = Translator(
-            self.model, self.tokenizer, options, self.device, self.translator.batch_tokens, self.precision, 1
-        )
-        for i, hypotheses in enumerate(plotter.search_ids(self.valid_src[:count])):
-            best = hypotheses[0]
-            if best.attention is None:
-                continue
-            src_pieces = [*self.tokenizer.src_id_pieces(self.valid_src[i]), "</s>"]
-            tgt_pieces = [*self.tokenizer.tgt_id_pieces(best.tokens), "</s>"]
-            self.writer.add_figure(
-                f"attention/valid_{i}", attention_figure(best.attention, src_pieces, tgt_pieces), step
-            )
-
-    def _plot_gates(self, step: int) -> None:
-        """Every layer's gates on the first validation sentence, to TensorBoard."""
-        if not self.train_config.valid_gate_plots or self.gate_sentence is None:
-            return
-        from nmt.inspection import inspect_sentence
-        from nmt.plots import gate_figure
-
-        _, layers = inspect_sentence(self.model, self.tokenizer, self.gate_sentence, self.device)
-        for layer in layers:
-            title = f"{layer.side} layer {layer.layer} ({layer.direction})"
-            self.writer.add_figure(f"gates/{layer.name}", gate_figure(layer.gates, layer.pieces, title), step)
-
-
-class PeerError(RuntimeError):
-    """Rank 0 failed while preparing the run (and reports why); the other ranks stop with it."""
-
-
-def run_training(config: Config, run_dir: Path) -> Progress:
-    """Everything `nmt-train` does once its config is composed and checked, in this process as
-    one rank of the job torchrun (or `train.processes`) started, or alone."""
-    cfg = config.train
-    ranks = Ranks.from_environment()
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    elif ranks.distributed:
-        # Set, not inherited: torchrun sets OMP_NUM_THREADS=1 for every rank it starts.
-        torch.set_num_threads(max(1, available_cores() // ranks.local_world_size))
-    device = rank_device(resolve_device(cfg.device), ranks)
-    with process_group(ranks, device, cfg.process_timeout_s):
-        return _run(config, run_dir, ranks, device)
-
-
-def _run(config: Config, run_dir: Path, ranks: Ranks, device: torch.device) -> Progress:
-    cfg = config.train
-    resume_dir = cfg.resume
-    if not resume_dir and restart_count() and (run_dir / "checkpoints" / LAST).exists():
-        resume_dir = str(run_dir)  # torchrun restarted the job (--max-restarts): go on from last.pt
-        log.info("restart %d of the job: resuming from %s", restart_count(), run_dir)
-    resume_payload, tokenizer = None, None
-    if resume_dir:
-        resume_payload = _on_rank_zero(lambda: load_checkpoint(Path(resume_dir) / "checkpoints" / LAST), ranks)
-        saved = Config.from_dict(resume_payload["config"])
-        _warn_ignored_changes(config, saved)
-        config = Config(data=saved.data, model=saved.model, train=cfg)
-        tokenizer = Tokenizer.from_state(resume_payload["tokenizer"])
-    if ranks.is_main:
-        log.info("run directory: %s; device %s, %d CPU threads", run_dir, device, torch.get_num_threads())
-    threads = torch.get_num_threads()
-    prepared = None
-    if tokenizer is None and ranks.distributed:
-        # The tokenizer is trained once, by rank 0; the others encode with it.
-        def train_tokenizer() -> dict:
-            nonlocal prepared
-            prepared = prepare_data(config.data, None, num_threads=threads)
-            return prepared[0].state()
-
-        tokenizer = Tokenizer.from_state(_on_rank_zero(train_tokenizer, ranks))
-    tokenizer, corpus = prepared or prepare_data(config.data, tokenizer, num_threads=threads)
-    if ranks.is_main:
-        tokenizer.save(run_dir / "tokenizer")
-        log.info("vocabulary: %d source, %d target pieces", tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
-    trainer = Trainer(config, run_dir, tokenizer, corpus, device, ranks)
-    if resume_payload is not None:
-        trainer.restore(resume_payload)
-    return trainer.train()
-
-
-def _on_rank_zero(make, ranks: Ranks):
-    """`make()` on rank 0, its result on every rank. An error on rank 0 is raised there and
-    stops the other ranks with a PeerError, instead of leaving them waiting for the result."""
-    if not ranks.distributed:
-        return make()
-    result, error = None, None
-    if ranks.is_main:
-        try:
-            result = make()
-        except Exception as caught:
-            error = caught
-    result, failed = broadcast_object((result, error is not None), ranks)
-    if error is not None:
-        raise error
-    if failed:
-        raise PeerError("rank 0 failed while preparing the run")
-    return result
-
-
-def _warn_ignored_changes(current: Config, saved: Config) -> None:
-    for section in ("data", "model"):
-        if getattr(current, section) != getattr(saved, section):
-            log.warning("resuming: the run's saved %s config is used; %s overrides are ignored", section, section)
