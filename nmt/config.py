@@ -238,6 +238,10 @@ class ModelConfig:
     # Without attention there is no attentional vector, so it has no effect.
     input_feeding: bool = True
     dropout: float = 0.3
+    # Whole-word dropout in training: each source token's embedding (and each previous target
+    # token's, fed to the decoder) is zeroed with this probability (Marian's --dropout-src/-trg).
+    source_word_dropout: float = 0.0
+    target_word_dropout: float = 0.0
     # Share the target embedding matrix with the output projection.
     tie_embeddings: bool = False
     init: str = "uniform"  # uniform (+-init_range) | xavier | pytorch (torch's defaults)
@@ -250,7 +254,9 @@ class ModelConfig:
         _check_positive("model.embed_dim", self.embed_dim)
         _check_choice("model.attention", self.attention, ATTENTION_KINDS)
         _check_choice("model.init", self.init, INIT_KINDS)
-        _check(0.0 <= self.dropout < 1.0, f"model.dropout={self.dropout} must be in [0, 1)")
+        for key in ("dropout", "source_word_dropout", "target_word_dropout"):
+            value = getattr(self, key)
+            _check(0.0 <= value < 1.0, f"model.{key}={value} must be in [0, 1)")
         _check_positive("model.init_range", self.init_range)
         encoder_out = self.encoder.hidden_size * (2 if self.encoder.bidirectional else 1)
         _check(

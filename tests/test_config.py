@@ -89,6 +89,7 @@ def test_unknown_key_fails_at_start():
         ("model.attention=luong", "model.attention='luong' is not valid; choose one of: none, bahdanau"),
         ("train.device=tpu", "train.device='tpu' is not valid"),
         ("model.dropout=1.5", r"model.dropout=1.5 must be in \[0, 1\)"),
+        ("model.source_word_dropout=1.0", r"model.source_word_dropout=1.0 must be in \[0, 1\)"),
         ("data.tgt_lang=de", "both 'de'"),
         ("data.tokenizer.sampling_alpha=-0.1", r"data.tokenizer.sampling_alpha=-0.1 must be >= 0"),
         ("data.tokenizer.kind=bpe data.tokenizer.sampling_alpha=0.5", "segmentations of a unigram model"),

@@ -6,6 +6,7 @@ from nmt.config import DecoderConfig, EncoderConfig
 from nmt.model.attention import make_attention
 from nmt.model.bridge import Bridge
 from nmt.model.encoder import RecurrentState
+from nmt.model.word_dropout import WordDropout
 
 
 def test_padding_changes_nothing_for_a_sentence_in_a_batch():
@@ -171,3 +172,31 @@ def test_a_gru_encoder_gives_an_lstm_decoder_a_zero_cell_state():
     assert out.c is not None and out.c.abs().sum() == 0 and out.h.shape == (2, 3, 8)
     to_gru = Bridge(2, 8, 2, 16, encoder_cell_state=True, decoder_cell_state=False)
     assert to_gru(RecurrentState(torch.randn(2, 3, 8), torch.randn(2, 3, 8))).c is None
+
+
+def test_word_dropout_zeroes_whole_words_and_keeps_the_expected_input():
+    dropout = WordDropout(0.25).train()
+    torch.manual_seed(0)
+    out = dropout(torch.ones(200, 50, 8))
+    dropped = (out == 0).all(-1)  # (batch, length): a word is zeroed whole or not at all
+    assert torch.equal(dropped, (out == 0).any(-1))
+    assert abs(dropped.float().mean().item() - 0.25) < 0.01
+    torch.testing.assert_close(out[~dropped], torch.full_like(out[~dropped], 1 / 0.75))
+    assert torch.equal(dropout.eval()(out), out)
+
+
+@pytest.mark.parametrize("side", ["source", "target"])
+def test_word_dropout_changes_training_only_on_its_side(side):
+    plain = small_model()
+    dropping = small_model(**{f"{side}_word_dropout": 0.3})
+    src, lengths = random_batch([6, 4, 7])
+    tgt_in = torch.randint(4, VOCAB, (3, 5))
+    with torch.no_grad():
+        # Translation sees the same network: word dropout has no weights and is off in eval.
+        torch.testing.assert_close(dropping(src, lengths, tgt_in), plain(src, lengths, tgt_in))
+        dropping.train()
+        memories = [dropping.encode(src, lengths).memory for _ in range(2)]
+        assert torch.equal(*memories) == (side == "target")
+        encoded = dropping.encode(src, lengths)
+        logits = [dropping.decoder(tgt_in, dropping.init_decoder(encoded)) for _ in range(2)]
+        assert torch.equal(*logits) == (side == "source")

@@ -27,6 +27,7 @@ from nmt.model.attention import make_attention
 from nmt.model.cells import Gates, no_grad_float32, tanh_
 from nmt.model.encoder import EncoderOutput, RecurrentState
 from nmt.model.rnn import RecurrentStack
+from nmt.model.word_dropout import WordDropout
 
 # Training's input-feeding loop cuts finished sentences off when fewer than this share of a
 # stage's rows are still running. Not critical: 0.5 / 0.8 / 0.95 trained random batches at
@@ -124,9 +125,12 @@ class Decoder(nn.Module):
         dropout: float,
         tie_embeddings: bool,
         cell: str = "lstm",
+        word_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID)
+        # The previous target words of teacher forcing; search feeds its own words and is not trained.
+        self.word_dropout = WordDropout(word_dropout)
         self.dropout = nn.Dropout(dropout)
         self.attention = make_attention(attention, hidden_size, memory_size)
         # Feed the previous attentional vector into the next step; without attention there is none.
@@ -157,9 +161,12 @@ class Decoder(nn.Module):
         )
 
     # --- teacher forcing -----------------------------------------------------------------------
+    def _embed_targets(self, tgt_in: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.word_dropout(self.embed(tgt_in)))
+
     def forward(self, tgt_in: torch.Tensor, state: DecoderState) -> torch.Tensor:
         """Teacher forcing: tgt_in (batch, tgt_len) -> logits (batch, tgt_len, vocab)."""
-        embedded = self.dropout(self.embed(tgt_in))  # (batch, tgt_len, embed_dim)
+        embedded = self._embed_targets(tgt_in)  # (batch, tgt_len, embed_dim)
         if self.input_feeding:
             return self.output(self._feed_through(embedded, state))
         return self.output(self._run_sequence(embedded, state))
@@ -173,7 +180,7 @@ class Decoder(nn.Module):
         has ended leaves the batch, so padding costs (almost) no decoder, projection or loss work
         and batches may mix lengths freely.
         """
-        embedded = self.dropout(self.embed(tgt_in))  # (batch, tgt_len, embed_dim)
+        embedded = self._embed_targets(tgt_in)  # (batch, tgt_len, embed_dim)
         if self.input_feeding:
             return self.output(self._feed_through(embedded, state, tgt_lengths))
         attentional = self._run_sequence(embedded, state)  # (batch, tgt_len, attentional_size)
@@ -249,7 +256,7 @@ class Decoder(nn.Module):
         """Teacher-force tgt_in (batch, tgt_len) and return every layer's gates and states,
         (batch, tgt_len, hidden) each. Over a search's own output this replays exactly the states
         the search went through."""
-        embedded = self.dropout(self.embed(tgt_in))  # (batch, tgt_len, embed_dim)
+        embedded = self._embed_targets(tgt_in)  # (batch, tgt_len, embed_dim)
         h, c = state.hidden.h.unbind(0), None if state.hidden.c is None else state.hidden.c.unbind(0)
         attentional, steps = state.attentional, []
         for t in range(tgt_in.size(1)):

@@ -11,6 +11,7 @@ from torch import nn
 from nmt.data.tokenizer import PAD_ID
 from nmt.model.cells import Gates
 from nmt.model.rnn import RecurrentStack
+from nmt.model.word_dropout import WordDropout
 
 
 @dataclass
@@ -44,12 +45,14 @@ class Encoder(nn.Module):
         bidirectional: bool,
         dropout: float,
         cell: str = "lstm",
+        word_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.num_layers = num_layers
         self.num_directions = 2 if bidirectional else 1
         self.output_size = hidden_size * self.num_directions
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID)
+        self.word_dropout = WordDropout(word_dropout)
         self.dropout = nn.Dropout(dropout)
         self.rnn = RecurrentStack(cell, embed_dim, hidden_size, num_layers, bidirectional, dropout)
 
@@ -58,7 +61,7 @@ class Encoder(nn.Module):
 
         Padding never reaches the final state (packed or masked), so it is the last real token's.
         """
-        embedded = self.dropout(self.embed(src))  # (batch, src_len, embed_dim)
+        embedded = self.dropout(self.word_dropout(self.embed(src)))  # (batch, src_len, embed_dim)
         out = self.rnn(embedded, src_lengths, record=record_gates)
         c = None if out.c is None else self._join_directions(out.c)
         return EncoderOutput(

@@ -108,6 +108,7 @@ def _build(config: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -> Seq
         bidirectional=config.encoder.bidirectional,
         dropout=config.dropout,
         cell=config.encoder.cell,
+        word_dropout=config.source_word_dropout,
     )
     bridge = Bridge(
         encoder_layers=config.encoder.num_layers,
@@ -128,6 +129,7 @@ def _build(config: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -> Seq
         dropout=config.dropout,
         tie_embeddings=config.tie_embeddings,
         cell=config.decoder.cell,
+        word_dropout=config.target_word_dropout,
     )
     return Seq2Seq(encoder, bridge, decoder)
 
