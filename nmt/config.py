@@ -25,6 +25,8 @@ BATCHINGS = ("length", "source", "random")
 LENGTH_PENALTIES = ("none", "average", "gnmt")
 STOPPING_RULES = ("early", "exact")
 HARD_MAX_LEN = 512  # no output is longer, whatever max_len_a and max_len_b say
+LONG_EPOCH_STEPS = 2000  # train.validate_every=0 validates this often when an epoch is longer
+LONG_VALIDATION = 2000  # train.valid_bleu_sentences=0 samples a larger validation split down to this
 
 
 class ConfigError(ValueError):
@@ -138,8 +140,13 @@ class TokenizerConfig:
     vocab_size: int = 8000
     joint: bool = True  # one model for both sides, or one per side
     character_coverage: float = 1.0
-    # Sentences sampled for SentencePiece training (0: all of them).
-    max_sentences: int = 0
+    # Sentences SentencePiece trains on: a sample of the training pairs drawn with a fixed seed
+    # (joint: max_sentences / 2 pairs, both sides; else max_sentences pairs, a model per side);
+    # 0: every sentence. A corpus that fits is taken whole, in its order.
+    max_sentences: int = 1_000_000
+    # An existing tokenizer to use as it is, without training: a SentencePiece `.model` file
+    # (joint), or a run directory or its tokenizer/ directory (with its output pieces).
+    model: str | None = None
     # The output layer covers only the pieces the training targets use (a joint model's other
     # half never occurs there): a smaller softmax, faster training and search.
     restrict_output: bool = True
@@ -175,11 +182,29 @@ class TokenizerConfig:
 
 
 @dataclass
+class CorpusConfig:
+    """One training corpus of a mix (`data.corpora.NAME`)."""
+
+    source: str = ""  # as data.source: a hub id, a hub-layout directory or text files
+    # The corpus' share of every epoch, relative to the other corpora's weights.
+    weight: float = 1.0
+    prefix: str = "train"  # its training files' prefix (text files)
+    config: str | None = None  # its hub config name (default: data.config)
+
+
+@dataclass
 class DataConfig:
     name: str = "multi30k_de_en"
     # A hub id, a local directory in the hub layout (*.jsonl / parquet / csv), or a directory of
     # line-aligned text files (train.de, train.en, ..., gzipped or not).
     source: str = "bentrevett/multi30k"
+    # The hub dataset's config name, for datasets that have several (wmt14: de-en).
+    config: str | None = None
+    # Training corpora mixed by weight (nmt/data/mixing.py); empty: the train split of `source`,
+    # which always gives validation and test.
+    corpora: dict[str, CorpusConfig] = field(default_factory=dict)
+    # Where prepared stores are kept (nmt/data/store.py); null: $NMT_CACHE, else ~/.cache/nmt.
+    cache_dir: str | None = None
     src_lang: str = "de"
     tgt_lang: str = "en"
     # Split names as the training code knows them, mapped to file prefixes for text sources.
@@ -200,6 +225,9 @@ class DataConfig:
         )
         _check_positive("data.max_len", self.max_len)
         _check_positive("data.train_limit", self.train_limit, allow_zero=True)
+        for name, corpus in self.corpora.items():
+            _check(bool(corpus.source), f"data.corpora.{name}.source is empty; give a hub id or a local path")
+            _check(corpus.weight > 0, f"data.corpora.{name}.weight={corpus.weight} must be > 0")
 
 
 @dataclass
@@ -309,12 +337,15 @@ class TrainConfig:
     max_epochs: int = 20
     max_steps: int = 0
     max_minutes: float = 0.0
-    validate_every: int = 0  # steps; 0 validates at the end of every epoch
+    # Steps between validations; 0: at the end of every epoch, or every LONG_EPOCH_STEPS (2,000)
+    # steps where an epoch is longer than that (a large corpus).
+    validate_every: int = 0
     save_every: int = 200  # steps between last.pt checkpoints (and at every validation)
     log_every: int = 50  # steps between train-loss log lines and TensorBoard points
     # Stop when validation BLEU has not improved for this many validations (0: never).
     patience: int = 0
-    # Validation BLEU decodes at most this many sentences (0: the whole validation set).
+    # Validation BLEU decodes a fixed sample of this many validation sentences, the same in every
+    # run; 0: the whole split up to LONG_VALIDATION (2,000) sentences, a sample of that many beyond.
     valid_bleu_sentences: int = 0
     # The search of validation BLEU: greedy unless asked, as it runs at every validation.
     valid_search: SearchOptions = field(default_factory=lambda: SearchOptions(beam_size=1))
@@ -387,6 +418,7 @@ class Config:
         count as `workers`."""
         data = dict(values["data"])
         data["tokenizer"] = TokenizerConfig(**data["tokenizer"])
+        data["corpora"] = {name: CorpusConfig(**corpus) for name, corpus in (data.get("corpora") or {}).items()}
         model = dict(values["model"])
         model["encoder"] = EncoderConfig(**model["encoder"])
         model["decoder"] = DecoderConfig(**model["decoder"])

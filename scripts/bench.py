@@ -162,18 +162,17 @@ def describe_model(data: str, batch_tokens: int, batching: str = "length") -> di
 
     from nmt.config import DataConfig, ModelConfig
     from nmt.data.batching import make_batcher
-    from nmt.data.corpus import prepare_data
+    from nmt.data.store import prepare_store
     from nmt.model.seq2seq import build_model, count_parameters
 
-    tokenizer, corpus = prepare_data(DataConfig(source=data), None, num_threads=torch.get_num_threads())
-    src = [len(ids) + 1 for ids in corpus["train"]["src_ids"]]  # + eos
-    tgt = [len(ids) + 1 for ids in corpus["train"]["tgt_ids"]]
-    batches = make_batcher(batching, [n - 1 for n in src], [n - 1 for n in tgt], batch_tokens, seed=1234).epoch_batches(
-        0
-    )
-    real_per_batch = sum(tgt) / len(batches)
+    store = prepare_store(DataConfig(source=data), workers=torch.get_num_threads())
+    tokenizer = store.tokenizer
+    src = store.train.src.lengths().astype(int) + 1  # + eos
+    tgt = store.train.tgt.lengths().astype(int) + 1
+    batches = make_batcher(batching, src - 1, tgt - 1, batch_tokens, seed=1234).epoch_batches(0)
+    real_per_batch = int(tgt.sum()) / len(batches)
+    src_len, src_per_tgt = float(src.mean()), float(src.sum() / tgt.sum())
     model = build_model(ModelConfig(), tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
-    src_len, src_per_tgt = sum(src) / len(src), sum(src) / sum(tgt)
     vocab = tokenizer.tgt_vocab_size
     return {
         "parameters": count_parameters(model),

@@ -9,6 +9,17 @@ import pytest
 from helpers import SPLITS, write_lines
 
 
+@pytest.fixture(autouse=True, scope="session")
+def store_cache(tmp_path_factory) -> Path:
+    """Prepared stores go to a cache of the test session's own (commands the tests start inherit
+    it), never to the user's."""
+    import os
+
+    cache = tmp_path_factory.mktemp("nmt-cache")
+    os.environ["NMT_CACHE"] = str(cache)
+    return cache
+
+
 @pytest.fixture
 def text_corpus(tmp_path: Path) -> Path:
     """train.de/train.en plain, val.*.gz and test_2016_toy.*.gz gzipped (as the shared raw data)."""

@@ -1,39 +1,87 @@
+import json
 import socket
 
 import datasets
 import pytest
 from helpers import SPLITS, write_lines
 
-from nmt.data import corpus as corpus_module
-from nmt.data.corpus import DataError, filter_by_length, load_corpus
+from nmt.config import DataConfig
+from nmt.data.corpus import DataError, SplitSource, load_corpus, load_split, split_source, training_chunks
 
 
 def test_text_files_plain_and_gzipped_load_into_src_tgt(text_corpus):
     corpus = load_corpus(str(text_corpus), "de", "en")
     assert set(corpus) == {"train", "validation", "test"}
-    assert corpus["train"].column_names == ["src", "tgt"]
     assert len(corpus["train"]) == len(SPLITS["train"])
     assert len(corpus["validation"]) == len(SPLITS["val"])  # val.*.gz
     assert len(corpus["test"]) == len(SPLITS["test"])  # test_2016_toy.*.gz, found by prefix
-    assert (corpus["train"][0]["src"], corpus["train"][0]["tgt"]) == SPLITS["train"][0]
+    assert (corpus["train"].src[0], corpus["train"].tgt[0]) == SPLITS["train"][0]
 
 
 def test_hub_layout_directory_loads_any_language_pair(hub_corpus):
     de_en = load_corpus(str(hub_corpus), "de", "en")
     en_fr = load_corpus(str(hub_corpus), "en", "fr")
-    assert (de_en["test"][0]["src"], de_en["test"][0]["tgt"]) == SPLITS["test"][0]
-    assert en_fr["train"][0]["tgt"] == "fr: " + SPLITS["train"][0][1]
+    assert (de_en["test"].src[0], de_en["test"].tgt[0]) == SPLITS["test"][0]
+    assert en_fr["train"].tgt[0] == "fr: " + SPLITS["train"][0][1]
     assert len(de_en["validation"]) == len(SPLITS["val"])
 
 
-def test_hub_id_is_passed_to_load_dataset(monkeypatch, hub_corpus):
+def write_translation_layout(root, configs=("de-en",)):
+    """The layout of WMT, IWSLT and OPUS on the hub: one `translation` column per pair, configs
+    named in the README's front matter, each with its own files."""
+    front = ["---", "configs:"]
+    for config in configs:
+        src, tgt = config.split("-")
+        (root / config).mkdir(parents=True)
+        front += [f"- config_name: {config}", "  data_files:"]
+        for split, name in (("train", "train"), ("validation", "val"), ("test", "test")):
+            with open(root / config / f"{name}.jsonl", "w", encoding="utf-8") as out:
+                for de, en in SPLITS[name]:
+                    pair = {src: de if src == "de" else f"{src}: {en}", tgt: en}
+                    out.write(json.dumps({"translation": pair}, ensure_ascii=False) + "\n")
+            front += [f"  - split: {split}", f"    path: {config}/{name}.jsonl"]
+    (root / "README.md").write_text("\n".join([*front, "---", "A toy parallel corpus.", ""]))
+
+
+def test_a_translation_column_dataset_with_config_names_loads(tmp_path):
+    root = tmp_path / "wmt_like"
+    write_translation_layout(root, configs=("de-en", "fr-en"))
+    de_en = SplitSource(str(root), "de", "en", "train", "train", config="de-en")
+    src, tgt = next(de_en.chunks())
+    assert (src[0], tgt[0]) == SPLITS["train"][0]
+    fr_en = load_split(SplitSource(str(root), "fr", "en", "test", "test", config="fr-en"))
+    assert fr_en.src[0] == "fr: " + SPLITS["test"][0][1]
+    with pytest.raises(DataError, match=r"translation column has no 'cs'"):
+        next(SplitSource(str(root), "cs", "en", "train", "train", config="de-en").chunks())
+    with pytest.raises(DataError, match=r"data.config"):
+        next(SplitSource(str(root), "de", "en", "train", "train", config="xx-yy").chunks())
+
+
+def test_a_translation_column_in_a_plain_hub_layout_directory(tmp_path):
+    root = tmp_path / "jsonl"
+    root.mkdir()
+    for split in SPLITS:
+        with open(root / f"{split}.jsonl", "w", encoding="utf-8") as out:
+            for de, en in SPLITS[split]:
+                out.write(json.dumps({"translation": {"de": de, "en": en}}, ensure_ascii=False) + "\n")
+    corpus = load_corpus(str(root), "de", "en")
+    assert (corpus["validation"].src[2], corpus["validation"].tgt[2]) == SPLITS["val"][2]
+
+
+def test_hub_id_is_passed_to_load_dataset_with_its_config(monkeypatch, hub_corpus):
     calls = []
     real = datasets.load_dataset(str(hub_corpus))
-    monkeypatch.setattr(corpus_module, "check_hub_reachable", lambda hub_id: None)
-    monkeypatch.setattr(corpus_module.datasets, "load_dataset", lambda source: calls.append(source) or real)
-    corpus = load_corpus("bentrevett/multi30k", "de", "en")
-    assert calls == ["bentrevett/multi30k"]
-    assert len(corpus["train"]) == len(SPLITS["train"])
+    monkeypatch.setattr("nmt.data.corpus.check_hub_reachable", lambda hub_id: None)
+
+    def load_dataset(source, **arguments):
+        calls.append((source, arguments))
+        return real[arguments["split"]]
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    config = DataConfig(source="someone/corpus", config="de-en")
+    test = load_split(split_source(config, "test"))
+    assert calls == [("someone/corpus", {"split": "test", "name": "de-en"})]  # only the split it reads
+    assert (test.src[0], test.tgt[0]) == SPLITS["test"][0]
 
 
 def test_unreachable_hub_fails_at_once_naming_the_override(monkeypatch):
@@ -54,12 +102,23 @@ def test_mismatched_line_counts_are_a_clear_error(text_corpus):
         load_corpus(str(text_corpus), "de", "en")
 
 
+def test_mismatched_line_counts_past_the_first_chunk_count_every_line(text_corpus):
+    write_lines(text_corpus / "train.de", [de for de, _ in SPLITS["train"]] * 10)
+    write_lines(text_corpus / "train.en", [en for _, en in SPLITS["train"]] * 10 + ["one more"])
+    source = SplitSource(str(text_corpus), "de", "en", "train", "train")
+    with pytest.raises(DataError, match=r"train.de has 1400 lines but .*train.en has 1401"):
+        list(source.chunks(size=300))
+
+
 def test_invalid_utf8_names_file_and_line(text_corpus):
     lines = (text_corpus / "train.de").read_bytes().split(b"\n")
     lines[4] = b"Der Hund \xff\xfe l\xe4uft."
     (text_corpus / "train.de").write_bytes(b"\n".join(lines))
     with pytest.raises(DataError, match=r"train.de:5 is not valid UTF-8"):
         load_corpus(str(text_corpus), "de", "en")
+    source = SplitSource(str(text_corpus), "de", "en", "train", "train")
+    with pytest.raises(DataError, match=r"train.de:5 is not valid UTF-8"):
+        list(source.chunks(size=3))  # the line number counts the chunks before
 
 
 def test_missing_directory_and_missing_language(tmp_path, hub_corpus):
@@ -79,14 +138,20 @@ def test_training_drops_empty_pairs_but_validation_keeps_every_line(text_corpus)
     corpus = load_corpus(str(text_corpus), "de", "en")
     assert len(corpus["train"]) == len(SPLITS["train"]) - 1
     assert len(corpus["validation"]) == len(SPLITS["val"])
-    assert corpus["validation"][0]["tgt"] == ""
-    assert corpus["train"][0]["src"] == corpus["train"][0]["src"].strip()
+    assert corpus["validation"].tgt[0] == ""
+    assert corpus["train"].src[0] == corpus["train"].src[0].strip()
 
 
-def test_length_filter_and_train_limit(text_corpus):
-    corpus = load_corpus(str(text_corpus), "de", "en", train_limit=10)
-    assert len(corpus["train"]) == 10
-    encoded = datasets.Dataset.from_dict({"src_ids": [[1] * 3, [1] * 8, [1] * 2], "tgt_ids": [[1] * 3, [1], [1] * 9]})
-    assert len(filter_by_length(encoded, 5)) == 1
-    with pytest.raises(DataError, match=r"raise data.max_len"):
-        filter_by_length(encoded, 1)
+def test_train_limit_keeps_the_first_pairs_across_chunks(text_corpus):
+    assert len(load_corpus(str(text_corpus), "de", "en", train_limit=10)["train"]) == 10
+    source = SplitSource(str(text_corpus), "de", "en", "train", "train")
+    chunks = list(training_chunks(source, limit=25, size=7))
+    assert [len(src) for src, _ in chunks] == [7, 7, 7, 4]
+    assert [pair for src, tgt in chunks for pair in zip(src, tgt)] == SPLITS["train"][:25]
+
+
+def test_a_split_is_read_without_reading_the_others(text_corpus):
+    (text_corpus / "train.de").write_bytes(b"\xff broken")  # not even read
+    (text_corpus / "train.en").unlink()
+    test = load_split(split_source(DataConfig(source=str(text_corpus)), "test"))
+    assert (test.src[1], test.tgt[1]) == SPLITS["test"][1]

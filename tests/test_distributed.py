@@ -19,7 +19,7 @@ from helpers import free_port, tiny_config, toy_cli_overrides
 
 from nmt.checkpoint import load_checkpoint
 from nmt.data.batching import collate
-from nmt.data.corpus import prepare_data
+from nmt.data.store import prepare_store
 from nmt.data.tokenizer import Tokenizer
 from nmt.model.seq2seq import build_model
 from nmt.training.distributed import Ranks, process_group, split_batch
@@ -78,11 +78,11 @@ def run_ranks(function, *args, world_size: int = 2, timeout: float = 180) -> Non
 
 def _gradients(rank: int, config, tokenizer_state: dict, out: Path) -> None:
     ranks = Ranks.from_environment()
-    tokenizer, corpus = prepare_data(config.data, Tokenizer.from_state(tokenizer_state), num_threads=1)
+    store = prepare_store(config.data, Tokenizer.from_state(tokenizer_state))
     with process_group(ranks, CPU, timeout_s=60):
-        trainer = Trainer(config, out / f"run{ranks.world_size}", tokenizer, corpus, CPU, ranks)
+        trainer = Trainer(config, out / f"run{ranks.world_size}", store, CPU, ranks)
         batch = trainer.batcher.epoch_batches(0)[0]
-        tokens = sum(len(trainer.train_tgt[i]) + 1 for i in batch)
+        tokens = int(trainer.tgt_lengths[batch].sum()) + len(batch)
         loss_sum = trainer.backward(batch, tokens)
         grads = [parameter.grad.clone() for parameter in trainer.model.parameters()]
         torch.save((loss_sum, grads), out / f"rank{rank}_of{ranks.world_size}.pt")
@@ -97,7 +97,7 @@ def test_two_ranks_sum_to_the_one_process_gradient(text_corpus, tmp_path):
     share's loss is divided by the whole batch's tokens, not its own."""
     config = tiny_config(text_corpus, clip_norm=0.0)
     config.model.dropout = 0.0
-    tokenizer, _ = prepare_data(config.data, None, num_threads=1)
+    tokenizer = prepare_store(config.data).tokenizer
     _gradients(0, config, tokenizer.state(), tmp_path)
     run_ranks(_gradients, config, tokenizer.state(), tmp_path)
     loss_one, grads_one = torch.load(tmp_path / "rank0_of1.pt")
@@ -113,11 +113,11 @@ def _mean_loss(checkpoint: Path, config) -> float:
     """The teacher-forced loss per target token of a checkpoint's weights on the first batches."""
     payload = load_checkpoint(checkpoint)
     tokenizer = Tokenizer.from_state(payload["tokenizer"])
-    _, corpus = prepare_data(config.data, tokenizer, num_threads=1)
+    store = prepare_store(config.data, tokenizer)
     model = build_model(config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
     model.load_state_dict(payload["model"])
     model.eval()
-    src, tgt = corpus["train"]["src_ids"][:64], corpus["train"]["tgt_ids"][:64]
+    src, tgt = [store.train.src[i] for i in range(64)], [store.train.tgt[i] for i in range(64)]
     with torch.no_grad():
         batch = collate(src, tgt)
         _, nll = TeacherForcedLoss(model, "fp32", CPU)(batch)

@@ -21,7 +21,7 @@ from nmt.config import (
     ConfigError,
     TrainConfig,
 )
-from nmt.data.corpus import prepare_data
+from nmt.data.store import prepare_store
 from nmt.training.run import run_training
 from nmt.training.trainer import Trainer
 
@@ -61,14 +61,14 @@ def sampled_config(text_corpus, **train):
 
 
 def test_subword_sampling_segments_each_epoch_anew_and_repeatably(text_corpus, tmp_path):
-    tokenizer, corpus = prepare_data(sampled_config(text_corpus).data, None, num_threads=1)
-    trainer = Trainer(sampled_config(text_corpus), tmp_path / "epochs", tokenizer, corpus, torch.device("cpu"))
-    best = list(corpus["train"]["src_ids"]), list(corpus["train"]["tgt_ids"])
+    store = prepare_store(sampled_config(text_corpus).data)
+    trainer = Trainer(sampled_config(text_corpus), tmp_path / "epochs", store, torch.device("cpu"))
+    best = store.train.src.rows(), store.train.tgt.rows()
     segmentations = []
     for epoch in (0, 1, 0):
         trainer.epoch_batches(epoch)
-        segmentations.append((trainer.train_src, trainer.train_tgt))
-        assert tokenizer.decode_tgt(trainer.train_tgt) == list(corpus["train"]["tgt"])
+        segmentations.append((trainer.train_pairs.src.rows(), trainer.train_pairs.tgt.rows()))
+        assert store.tokenizer.decode_tgt(segmentations[-1][1]) == store.train_texts[1].texts()
     assert segmentations[0] != best and segmentations[0] != segmentations[1]
     assert segmentations[2] == segmentations[0]  # (seed, epoch) alone decide: resumable
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from nmt.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from nmt.cli.options import add_option_flags, options_from_args
 from nmt.config import Config, InferenceOptions, SearchOptions
-from nmt.data.corpus import DataError, load_corpus, read_lines
+from nmt.data.corpus import DataError, load_split, read_lines, split_source
 from nmt.scoring import Score, corpus_scores
 from nmt.translation import Translator
 
@@ -83,11 +83,11 @@ def _results_dir(checkpoint: Path) -> Path:
 
 
 def corpus_split(checkpoint: Path, split: str, source: str | None) -> tuple[list[str], list[str]]:
-    """Sources and references of the corpus the checkpoint was trained on (or `source`)."""
+    """Sources and references of a split of the corpus the checkpoint was trained on (or of
+    `source`): only that split is read."""
     config = Config.from_dict(load_checkpoint(checkpoint)["config"]).data
-    prefixes = {"train": config.train_prefix, "validation": config.valid_prefix, "test": config.test_prefix}
-    corpus = load_corpus(source or config.source, config.src_lang, config.tgt_lang, prefixes)
-    return list(corpus[split]["src"]), list(corpus[split]["tgt"])
+    text = load_split(split_source(config, split, source))
+    return text.src, text.tgt
 
 
 def sacrebleu_testset(name: str, langpair: str) -> tuple[list[str], list[str]]:

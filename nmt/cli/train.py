@@ -108,7 +108,9 @@ def _train(cfg: DictConfig) -> None:
             config = with_the_runs_train_settings(config, HydraConfig.get().overrides.task)
         if not under_launcher() and _processes(config) > 1:
             if not config.train.resume:  # a resumed run reads the data source it was started with
-                check_source(config.data.source)  # one message in seconds, before the processes start
+                # One message in seconds, before the processes start.
+                for source in [config.data.source, *(corpus.source for corpus in config.data.corpora.values())]:
+                    check_source(source)
             _launch(config, run_dir)
         else:
             run_training(config, run_dir)

@@ -129,6 +129,22 @@ class Tokenizer:
             (directory / "tgt.model").write_bytes(self.tgt_model_bytes or b"")
 
     @classmethod
+    def from_path(cls, path: Path) -> Tokenizer:
+        """An existing tokenizer, used as it is: a SentencePiece `.model` file (joint), a tokenizer
+        directory as `save` writes it, or a run directory holding one."""
+        path = Path(path).expanduser()
+        if path.is_file():
+            return cls(path.read_bytes())
+        if (path / "tokenizer").is_dir():
+            path = path / "tokenizer"
+        if not path.is_dir():
+            raise TokenizerError(
+                f"data.tokenizer.model={path}: no such file or directory; give a SentencePiece .model file, "
+                "a run directory or its tokenizer/ directory"
+            )
+        return cls.load(path)
+
+    @classmethod
     def load(cls, directory: Path) -> Tokenizer:
         output_pieces = None
         if (directory / "output_pieces.txt").is_file():
@@ -240,8 +256,15 @@ def _processor(model: bytes) -> spm.SentencePieceProcessor:
         raise TokenizerError(f"not a valid SentencePiece model: {error}") from None
 
 
+# A unigram model indexes its training text with 32-bit positions unless told otherwise; past this
+# many characters nmt tells it (which costs memory, so only then).
+EXTREMELY_LARGE_CHARACTERS = 2**30
+
+
 def _train_model(texts: Sequence[str], vocab_size: int, **options) -> bytes:
     model = io.BytesIO()
+    if options.get("model_type") == "unigram" and sum(map(len, texts)) + len(texts) > EXTREMELY_LARGE_CHARACTERS:
+        options["train_extremely_large_corpus"] = True
     try:
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(texts),

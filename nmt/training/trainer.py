@@ -19,15 +19,17 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import datasets
+import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from nmt.checkpoint import BEST, LAST, save_checkpoint, step_checkpoint_name, step_checkpoints
-from nmt.config import Config, TrainConfig
-from nmt.data.batching import collate, make_batcher
-from nmt.data.tokenizer import Tokenizer
+from nmt.config import LONG_EPOCH_STEPS, Config, TrainConfig
+from nmt.data.arrays import TokenPairs
+from nmt.data.batching import EpochBatches, collate, make_batcher
+from nmt.data.mixing import epoch_pairs
+from nmt.data.store import Store
 from nmt.model.device import resolve_precision
 from nmt.model.seq2seq import Seq2Seq, build_model, count_parameters
 from nmt.training.averaging import WeightAverage
@@ -90,8 +92,7 @@ class Trainer:
         self,
         config: Config,
         run_dir: Path,
-        tokenizer: Tokenizer,
-        corpus: datasets.DatasetDict,
+        store: Store,
         device: torch.device,
         ranks: Ranks | None = None,
     ) -> None:
@@ -100,7 +101,8 @@ class Trainer:
         self.precision = resolve_precision(config.train.precision, device)
         self.run_dir = run_dir
         self.checkpoint_dir = run_dir / "checkpoints"
-        self.tokenizer = tokenizer
+        self.store = store
+        self.tokenizer = tokenizer = store.tokenizer
         self.device = device
         self.ranks = ranks = ranks or Ranks()
         torch.manual_seed(self.train_config.seed)
@@ -109,8 +111,9 @@ class Trainer:
         self.loss = TeacherForcedLoss(self.model, self.precision, device)
         self.objective = self._training_objective()
         self._build_optimizer()
-        self._take_corpus(corpus)
-        self.validator = Validator(self.loss, tokenizer, corpus["validation"], self.train_config, ranks)
+        self._train_texts: tuple[list[str], list[str]] | None = None  # read for subword sampling only
+        self._use_train_pairs(store.train)
+        self.validator = Validator(self.loss, tokenizer, store.validation, self.train_config, ranks)
         self.validated_step = -1
         self.progress = Progress()
         self.stop_signal: int | None = None  # SIGINT or SIGTERM received: stop after this step
@@ -157,33 +160,37 @@ class Trainer:
                 min_lr=self.train_config.min_lr,
             )
 
-    def _take_corpus(self, corpus: datasets.DatasetDict) -> None:
-        # Plain lists: indexing a datasets column reads Arrow on every access.
-        self.train_texts = corpus["train"]["src"], corpus["train"]["tgt"]
-        self._use_train_ids(list(corpus["train"]["src_ids"]), list(corpus["train"]["tgt_ids"]))
+    def _use_train_pairs(self, pairs: TokenPairs) -> None:
+        """Train on `pairs` (the store's, or an epoch's sampled segmentations of them): arrays of
+        lengths and costs, one number per pair."""
+        self.train_pairs = pairs
+        self.src_lengths, self.tgt_lengths = pairs.src.lengths(), pairs.tgt.lengths()
+        cfg = self.train_config
+        self.batcher = make_batcher(cfg.batching, self.src_lengths, self.tgt_lengths, cfg.batch_tokens, cfg.seed)
 
-    def _use_train_ids(self, src_ids: list[list[int]], tgt_ids: list[list[int]]) -> None:
-        self.train_src, self.train_tgt = src_ids, tgt_ids
-        self.pair_costs = [len(s) + len(t) for s, t in zip(src_ids, tgt_ids)]
-        self.batcher = make_batcher(
-            self.train_config.batching,
-            [len(s) for s in src_ids],
-            [len(t) for t in tgt_ids],
-            self.train_config.batch_tokens,
-            self.train_config.seed,
-        )
-
-    def epoch_batches(self, epoch: int) -> list[list[int]]:
-        """This epoch's batches; with subword sampling, of the pairs segmented anew from
-        `(seed, epoch)` alone, so that a resumed run and every rank see the same ones."""
+    def epoch_batches(self, epoch: int) -> EpochBatches:
+        """This epoch's batches, of the pairs its corpora's weights draw; with subword sampling,
+        of the pairs segmented anew. Both come from `(seed, epoch)` alone, so that a resumed run
+        and every rank see the same ones."""
         options = self.config.data.tokenizer
         if options.sampling_alpha:
+            if self._train_texts is None:
+                self._train_texts = (self.store.train_texts[0].load().texts(), self.store.train_texts[1].load().texts())
             seed = f"{self.train_config.seed}-{epoch}-segmentation"
             sampled = self.tokenizer.sample_pairs(
-                *self.train_texts, options.sampling_alpha, options.sampling_nbest, seed
+                *self._train_texts, options.sampling_alpha, options.sampling_nbest, seed
             )
-            self._use_train_ids(*sampled)
-        return self.batcher.epoch_batches(epoch)
+            self._use_train_pairs(TokenPairs.from_rows(*sampled))
+        corpora = self.config.data.corpora
+        spans = [(start, stop) for _, start, stop in self.store.corpora]
+        weights = [corpora[name].weight if name in corpora else 1.0 for name, _, _ in self.store.corpora]
+        return self.batcher.epoch_batches(epoch, epoch_pairs(spans, weights, self.train_config.seed, epoch))
+
+    def _validate_every(self, batches_per_epoch: int) -> int:
+        """Steps between validations; 0: at the end of every epoch (train.validate_every)."""
+        if self.train_config.validate_every:
+            return self.train_config.validate_every
+        return LONG_EPOCH_STEPS if batches_per_epoch > LONG_EPOCH_STEPS else 0
 
     def _record(self, tag: str, value: float, step: int) -> None:
         if self.writer is not None:
@@ -266,12 +273,13 @@ class Trainer:
         with self._stop_on_signals():
             while not self.limit_reached():
                 batches = self.epoch_batches(progress.epoch)
-                self._run_epoch(batches)
+                validate_every = self._validate_every(len(batches))
+                self._run_epoch(batches, validate_every)
                 if progress.batch_in_epoch < len(batches):
                     break  # a limit was reached inside the epoch
                 progress.epoch += 1
                 progress.batch_in_epoch = 0
-                if not self.train_config.validate_every:
+                if not validate_every:
                     self._validate_and_save()
         if self.validated_step != progress.step:
             self._validate_and_save()
@@ -286,7 +294,7 @@ class Trainer:
             self.writer.close()
         return progress
 
-    def _run_epoch(self, batches: list[list[int]]) -> None:
+    def _run_epoch(self, batches: EpochBatches, validate_every: int) -> None:
         """The rest of this epoch's batches (all of them, unless resumed mid-epoch)."""
         cfg, progress = self.train_config, self.progress
         with tqdm(
@@ -318,7 +326,7 @@ class Trainer:
                     self._log_train(bar)
                 if self.limit_reached():
                     return
-                if cfg.validate_every and progress.step % cfg.validate_every == 0:
+                if validate_every and progress.step % validate_every == 0:
                     self._validate_and_save()
                 elif cfg.save_every and progress.step % cfg.save_every == 0:
                     self.save()
@@ -374,39 +382,43 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = annealed_lr(cfg.lr, cfg.min_lr, cfg.lr_anneal, used)
 
-    def train_step(self, indices: list[int]) -> tuple[float, int]:
+    def train_step(self, indices: np.ndarray) -> tuple[float, int]:
         """One update on the training pairs `indices` -> (this rank's loss sum, the batch's
         target tokens)."""
-        tokens = sum(len(self.train_tgt[i]) + 1 for i in indices)  # target tokens, eos included
+        tokens = int(self.tgt_lengths[indices].sum()) + len(indices)  # target tokens, eos included
         loss_sum = self.backward(indices, tokens)
         self._update(indices)
         if self.average is not None:
             self.average.update(self.model)
         return loss_sum, tokens
 
-    def backward(self, indices: list[int], batch_tokens: int) -> float:
+    def backward(self, indices: np.ndarray, batch_tokens: int) -> float:
         """This rank's share of the batch `indices` forward and backward, its loss divided by the
         whole batch's target tokens; the ranks' gradients are summed, so every rank holds the
         whole batch's gradient. -> this rank's loss sum."""
         self.model.train()
         ranks = self.ranks
         if ranks.distributed:
-            indices = split_batch(indices, self.pair_costs, ranks.world_size)[ranks.rank]
+            costs = self.src_lengths[indices].astype(np.int64) + self.tgt_lengths[indices]
+            indices = split_batch(indices.tolist(), dict(zip(indices.tolist(), costs.tolist())), ranks.world_size)[
+                ranks.rank
+            ]
             if not ranks.is_main:
                 # Dropout draws of its own (rank 0's seed would repeat rank 0's masks), a function
                 # of the step so that a resumed run draws what the whole run would have.
                 torch.manual_seed(self.train_config.seed + 7919 * ranks.rank + 104729 * self.progress.step)
         self.optimizer.zero_grad(set_to_none=True)
         batch = None
-        if indices:
-            batch = collate([self.train_src[i] for i in indices], [self.train_tgt[i] for i in indices])
+        if len(indices):
+            pairs = self.train_pairs
+            batch = collate([pairs.src[i] for i in indices], [pairs.tgt[i] for i in indices])
             batch = batch.to(self.device)
         loss_sum, _ = self.objective(batch, self.train_config.label_smoothing)
         # DDP averages the ranks' gradients: scaled by the world size, the average is the sum.
         (loss_sum * (ranks.world_size / batch_tokens)).backward()
         return loss_sum.item()
 
-    def _update(self, indices: list[int]) -> None:
+    def _update(self, indices: np.ndarray) -> None:
         """Clip and step, unless the gradient holds a NaN or inf (a bad batch, an overflow): then
         the update is skipped and counted, and too many in a row stop training. Every rank sees
         the same summed gradient, so every rank decides alike."""
@@ -426,7 +438,7 @@ class Trainer:
             progress.nonfinite_in_a_row,
             progress.nonfinite_total,
             len(indices),
-            indices[:5],
+            np.asarray(indices[:5]).tolist(),
         )
         if progress.nonfinite_in_a_row >= cfg.max_nonfinite_steps:
             raise TrainingDiverged(

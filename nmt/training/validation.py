@@ -6,12 +6,13 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-import datasets
+import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from nmt.config import TrainConfig
+from nmt.config import LONG_VALIDATION, TrainConfig
 from nmt.data.batching import collate, token_budget_batches
+from nmt.data.store import ValidationSplit
 from nmt.data.tokenizer import Tokenizer
 from nmt.scoring import bleu
 from nmt.training.distributed import Ranks, all_sum, gather_objects
@@ -26,7 +27,7 @@ class Validator:
         self,
         loss: TeacherForcedLoss,
         tokenizer: Tokenizer,
-        valid: datasets.Dataset,
+        valid: ValidationSplit,
         config: TrainConfig,
         ranks: Ranks,
     ) -> None:
@@ -34,10 +35,10 @@ class Validator:
         self.tokenizer = tokenizer
         self.config = config
         self.ranks = ranks
-        # Plain lists: indexing a datasets column reads Arrow on every access.
-        self.src_ids, self.tgt_ids = list(valid["src_ids"]), list(valid["tgt_ids"])
-        self.refs = list(valid["tgt"])
-        self.gate_sentence = next((text for text in valid["src"] if text.strip()), None)
+        self.src_ids, self.tgt_ids = valid.src_ids, valid.tgt_ids
+        self.refs = valid.tgt_texts
+        self.bleu_sample = bleu_sample(len(valid), config.valid_bleu_sentences)
+        self.gate_sentence = next((text for text in valid.src_texts if text.strip()), None)
         # Each rank translates its share of the sentences in one process.
         self.translator = Translator(
             self.model, tokenizer, config.valid_search, loss.device, config.batch_tokens, loss.precision, workers=1
@@ -58,12 +59,13 @@ class Validator:
                 nll_total += float(nll)
                 tokens += batch.num_tgt_tokens
         nll_total, tokens = all_sum([nll_total, tokens], self.ranks)
-        limit = self.config.valid_bleu_sentences or len(src_ids)
-        shares = gather_objects(self.translator.translate_ids(src_ids[rank:limit:world_size]), self.ranks)
-        hypotheses = [""] * limit
+        sample = self.bleu_sample
+        mine = [src_ids[i] for i in sample[rank::world_size]]
+        shares = gather_objects(self.translator.translate_ids(mine), self.ranks)
+        hypotheses = [""] * len(sample)
         for share_rank, share in enumerate(shares):
-            hypotheses[share_rank:limit:world_size] = share
-        score = bleu(hypotheses, self.refs[:limit])
+            hypotheses[share_rank::world_size] = share
+        score = bleu(hypotheses, [self.refs[i] for i in sample])
         loss = nll_total / max(tokens, 1)
         return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "bleu": score.score, "signature": score.signature}
 
@@ -102,3 +104,12 @@ class Validator:
         for layer in layers:
             title = f"{layer.side} layer {layer.layer} ({layer.direction})"
             writer.add_figure(f"gates/{layer.name}", gate_figure(layer.gates, layer.pieces, title), step)
+
+
+def bleu_sample(sentences: int, wanted: int) -> list[int]:
+    """The validation sentences BLEU decodes: `wanted` of them (0: up to LONG_VALIDATION), a
+    sample fixed by a seed of its own, so every run and every step judges the same ones."""
+    wanted = min(sentences, wanted or LONG_VALIDATION)
+    if wanted == sentences:
+        return list(range(sentences))
+    return sorted(np.random.default_rng(0).choice(sentences, wanted, replace=False).tolist())
