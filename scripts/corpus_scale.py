@@ -5,7 +5,7 @@ process, for one or more corpora (e.g. those of scripts/make_corpus.py).
         [--nmt-train PATH] [-- OVERRIDES ...]
 
 For each corpus, `nmt-train train=smoke data.train_limit=0 train.max_steps=30 train.log_every=1`
-(plus OVERRIDES) runs
+(plus OVERRIDES; `--train-preset` for another train preset) runs
 - `first`: with an empty store cache (its own `data.cache_dir`), so the corpus is prepared;
 - `again`: a new run on the same data and cache, which finds the store prepared;
 - `resume`: `train.resume` of the first run, to step 60.
@@ -14,8 +14,9 @@ kept per process and classed by its command line as launcher, rank N or preparat
 tree's summed resident and proportional memory (PSS counts a page shared by k processes 1/k
 times in each, so the summed PSS shows whether the ranks share the store's pages). The time to
 the first step is from the command's start to the first `step N epoch` line of the log.
-With `--tokens-window 30,130` the runs train `model=reference` and report the target tokens/s
-between those steps instead (the log's rate x interval, as scripts/bench.py reads it).
+With `--tokens-window 30,130` the runs train `model=reference` (with `train=smoke`, whose sizes win,
+the smoke model; `--train-preset peers` for the reference model's recipe) and report the target
+tokens/s between those steps instead (the log's rate x interval, as scripts/bench.py reads it).
 Prints a Markdown table and writes the figures as JSON (`--out`). Run nothing else heavy meanwhile.
 """
 
@@ -75,7 +76,8 @@ def _pss_kib(pid: int) -> int:
 
 
 def _process_class(pid: int) -> str:
-    """launcher, rank N (from the environment torch's launcher sets), or preparation."""
+    """launcher, rank N (from the environment torch's launcher sets), preparation, or another
+    program's name."""
     try:
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -87,7 +89,10 @@ def _process_class(pid: int) -> str:
         return "preparation" if name.startswith("nmt-prepare") else f"rank {env['RANK']}"
     if name.startswith("nmt-prepare"):
         return "preparation"
-    return "launcher" if "nmt-train" in cmdline or "nmt.cli.train" in cmdline else "other"
+    if "nmt-train" in cmdline or "nmt.cli.train" in cmdline:
+        return "launcher"
+    script = cmdline.split(" ")[1] if name.startswith("python") and " " in cmdline else name
+    return name if script.startswith("-") else Path(script).name or "other"
 
 
 class TreeSampler:
@@ -167,27 +172,27 @@ def run_command(command: list[str], log_path: Path, window: tuple[int, int] | No
 def measure_corpus(corpus: str, args: argparse.Namespace, overrides: list[str]) -> list[Measurement]:
     results = []
     with tempfile.TemporaryDirectory(prefix="nmt-scale-", dir=args.scratch) as scratch:
-        cache, first_run = Path(scratch) / "cache", Path(scratch) / "first"
+        cache, first_run = Path(args.cache or Path(scratch) / "cache"), Path(scratch) / "first"
         base = [
             args.nmt_train,
-            "train=smoke",
+            f"train={args.train_preset}",
             "data.train_limit=0",
             f"data.source={corpus}",
-            "train.max_steps=30",
-            "train.log_every=1",
             *([f"data.cache_dir={cache}"] if not args.no_cache_dir else []),
         ]
         if args.tokens_window:
-            last = args.tokens_window[1]
-            base = [*base[:-2], "model=reference", f"train.max_steps={last + 1}", "train.log_every=10"]
+            base += ["model=reference", f"train.max_steps={args.tokens_window[1] + 1}", "train.log_every=10"]
+        else:
+            base += ["train.max_steps=30", "train.log_every=1"]
         for run in args.runs:
             if run == "first":
                 command = [*base, *overrides, f"hydra.run.dir={first_run}"]
             elif run == "again":
                 command = [*base, *overrides, f"hydra.run.dir={Path(scratch) / 'again'}"]
             else:
+                resumed = [arg for arg in base if not arg.startswith("train.max_steps=")]
                 command = [
-                    *base,
+                    *resumed,
                     *overrides,
                     f"train.resume={first_run}",
                     "train.max_steps=60",
@@ -228,8 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", default=",".join(RUNS), help="which of first,again,resume")
     parser.add_argument("--nmt-train", default=str(Path(sys.executable).parent / "nmt-train"))
     parser.add_argument("--tokens-window", type=lambda s: tuple(int(x) for x in s.split(",")), default=None)
+    parser.add_argument("--train-preset", default="smoke", help="the train preset (peers: the reference recipe)")
     parser.add_argument("--no-cache-dir", action="store_true", help="for revisions without data.cache_dir")
     parser.add_argument("--scratch", default=None, help="where runs and stores go (default: the temp dir)")
+    parser.add_argument("--cache", default=None, help="a store cache to keep and reuse (default: a new one per corpus)")
     parser.add_argument("--logs", default=".", help="where each run's output is kept")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)

@@ -78,10 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     write = write_text if args.layout == "text" else write_translation
     langs = (args.src, args.tgt)
     train = base["train"]
-    src, tgt = list(train["src"]), list(train["tgt"])
+    src, tgt = train.src, train.tgt
     write(args.out, "train", langs, joined_pairs(src, tgt, args.pairs, args.join, args.seed))
     for split, name in (("validation", "val"), ("test", "test")):
-        write(args.out, name, langs, [(list(base[split]["src"]), list(base[split]["tgt"]))])
+        write(args.out, name, langs, [(base[split].src, base[split].tgt)])
     print(f"wrote {args.pairs:,} training pairs to {args.out} ({args.layout} layout)")
     return 0
 

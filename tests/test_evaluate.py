@@ -94,3 +94,15 @@ def test_the_lowercased_bleu_comes_on_request_labelled_with_its_signature(tmp_pa
     assert "BLEU-lc: nrefs:1|case:lc|" in out and "BLEU: nrefs:1|case:mixed|" in out
     assert nmt.cli.evaluate.main(["--hyp", str(hyp), "--ref", str(ref)]) == 0
     assert "BLEU-lc" not in capsys.readouterr().out  # only on request
+
+
+def test_a_split_is_scored_without_reading_the_training_corpus(trained_run, tmp_path):
+    """--split test reads the test split alone: a corpus whose training files are gone (or
+    millions of pairs long) costs nothing."""
+    corpus = tmp_path / "test_only"
+    corpus.mkdir()
+    write_lines(corpus / "test.de", [de for de, _ in SPLITS["test"]])
+    write_lines(corpus / "test.en", [en for _, en in SPLITS["test"]])
+    result = run(str(trained_run), "--split", "test", "--source", str(corpus), "--beam", "1")
+    assert result.returncode == 0, result.stderr
+    assert f"| {len(SPLITS['test'])} |" in result.stdout

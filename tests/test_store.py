@@ -7,6 +7,7 @@ import fcntl
 import logging
 import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -142,7 +143,7 @@ def test_a_mixed_training_draws_each_corpus_by_its_weight(text_corpus, tmp_path)
 
 # --- several processes ----------------------------------------------------------------------------------
 def _prepare_in_process(corpus: str, log_file: str) -> None:
-    logging.basicConfig(filename=log_file, level=logging.INFO, format="%(message)s")
+    logging.basicConfig(filename=log_file, level=logging.INFO, format="%(message)s", force=True)
     store = prepare_store(data_config(Path(corpus)), workers=1)
     logging.getLogger("test").info("opened %s %d", store.directory, len(store.train))
 
@@ -150,7 +151,7 @@ def _prepare_in_process(corpus: str, log_file: str) -> None:
 def test_processes_started_together_prepare_one_store_and_read_it(text_corpus, tmp_path):
     write_lines(text_corpus / "train.de", [de for de, _ in SPLITS["train"]] * 200)
     write_lines(text_corpus / "train.en", [en for _, en in SPLITS["train"]] * 200)
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("fork")  # as the ranks of one machine, without their start-up
     logs = [tmp_path / f"process{n}.log" for n in range(3)]
     processes = [context.Process(target=_prepare_in_process, args=(str(text_corpus), str(log))) for log in logs]
     for process in processes:
@@ -190,7 +191,7 @@ def test_ranks_waiting_for_a_long_preparation_do_not_time_out(text_corpus, tmp_p
         result: list = []
         training = threading.Thread(target=lambda: result.append(_run_train(command, tmp_path)))
         training.start()
-        time.sleep(8)  # four times the ranks' timeout
+        time.sleep(6)  # three times the ranks' timeout
         fcntl.flock(held, fcntl.LOCK_UN)
     training.join()
     assert result[0].returncode == 0, result[0].stdout + result[0].stderr
@@ -230,3 +231,21 @@ def test_a_killed_preparation_leaves_no_store_and_the_next_run_prepares_it(text_
     assert not store_dir(config).exists()
     monkeypatch.undo()
     assert len(prepare_store(config).train) == len(SPLITS["train"])
+
+
+def test_a_resume_finds_its_store_or_prepares_one_with_the_checkpoint_s_tokenizer(text_corpus, tmp_path):
+    from nmt.checkpoint import load_checkpoint
+    from nmt.training.run import run_training
+
+    def config(steps: int, resume: str | None = None):
+        return tiny_config(text_corpus, max_steps=steps, resume=resume, valid_attention_plots=0, valid_gate_plots=False)
+
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    run_training(config(8), straight)
+    run_training(config(4), interrupted)
+    shutil.rmtree(cache_root(config(4).data) / "stores")  # the cache was cleared in between
+    run_training(config(8, str(interrupted)), interrupted)
+    a = load_checkpoint(straight / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(interrupted / "checkpoints" / "last.pt")["model"]
+    for name, weight in a.items():
+        assert torch.equal(weight, b[name]), name

@@ -115,3 +115,26 @@ def test_sampled_targets_stay_inside_a_restricted_output_vocabulary():
         assert not any(UNK_ID in ids for ids in tgt_ids)
         assert restricted.decode_tgt(tgt_ids) == TGT
         assert any(ids != best_ids for ids, best_ids in zip(tgt_ids, best))
+
+
+def test_a_sample_too_large_for_32_bit_positions_trains_in_sentencepiece_s_large_mode(monkeypatch):
+    """Past 2^30 characters a unigram model needs train_extremely_large_corpus; nmt sets it there
+    and only there (it costs memory)."""
+    import sentencepiece as spm
+
+    from nmt.data import tokenizer as module
+
+    calls = []
+    real = spm.SentencePieceTrainer.train
+
+    def train(**options):
+        calls.append(options.get("train_extremely_large_corpus", False))
+        return real(**options)
+
+    monkeypatch.setattr(spm.SentencePieceTrainer, "train", train)
+    Tokenizer.train(SRC, TGT, vocab_size=60)
+    characters = sum(map(len, SRC + TGT)) + len(SRC + TGT)
+    monkeypatch.setattr(module, "EXTREMELY_LARGE_CHARACTERS", characters - 1)
+    Tokenizer.train(SRC, TGT, vocab_size=60)
+    Tokenizer.train(SRC, TGT, vocab_size=60, kind="bpe")  # a unigram setting: bpe never needs it
+    assert calls == [False, True, False]

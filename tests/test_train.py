@@ -3,6 +3,7 @@
 import io
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -469,3 +470,20 @@ def test_a_nan_loss_skips_its_update_and_too_many_in_a_row_stop_training(text_co
     )
     with pytest.raises(TrainingDiverged, match="3 updates in a row had a NaN or inf gradient"):
         run_training(tiny_config(text_corpus, max_steps=8, max_nonfinite_steps=3), tmp_path / "diverged")
+
+
+def test_a_long_epoch_validates_every_so_many_steps_on_a_fixed_sample(text_corpus, tmp_path, monkeypatch, caplog):
+    """validate_every=0 means every epoch, unless an epoch is longer than LONG_EPOCH_STEPS (a
+    large corpus): then that often. BLEU decodes a fixed sample of a large validation split."""
+    from nmt.training import trainer as trainer_module
+    from nmt.training.validation import bleu_sample
+
+    monkeypatch.setattr(trainer_module, "LONG_EPOCH_STEPS", 3)
+    config = tiny_config(text_corpus, max_steps=7, validate_every=0, valid_attention_plots=0, valid_gate_plots=False)
+    with caplog.at_level(logging.INFO, logger="nmt.training.trainer"):
+        run_training(config, tmp_path / "run")
+    assert [int(step) for step in re.findall(r"validation at step (\d+)", caplog.text)] == [3, 6, 7]
+    assert bleu_sample(100, 0) == list(range(100))
+    sample = bleu_sample(5000, 0)
+    assert len(sample) == len(set(sample)) == 2000 and sample == sorted(sample) and sample[-1] > 4000
+    assert bleu_sample(5000, 0) == sample and bleu_sample(5000, 30) == bleu_sample(5000, 30) != sample[:30]

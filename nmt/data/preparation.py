@@ -23,7 +23,7 @@ import numpy as np
 from nmt.config import DataConfig
 from nmt.data.arrays import RaggedWriter, ids_dtype
 from nmt.data.corpus import DataError, SplitSource, load_split, split_source, training_chunks, training_sources
-from nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, _processor
+from nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +116,8 @@ _WORKER: dict = {}
 
 
 def _start_worker(src_model: bytes, tgt_model: bytes | None, dtype: str) -> None:
-    _WORKER["src"] = _processor(src_model)
-    _WORKER["tgt"] = _WORKER["src"] if tgt_model is None else _processor(tgt_model)
-    _WORKER["dtype"] = np.dtype(dtype)
+    tokenizer = Tokenizer(src_model, tgt_model)
+    _WORKER.update(src=tokenizer.src, tgt=tokenizer.tgt, dtype=np.dtype(dtype))
 
 
 def _encode_side(processor, texts: list[str], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
