@@ -38,7 +38,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from process_memory import process_tree  # scripts/
+from process_memory import process_tree, pss_kib, status_kib  # scripts/
 
 STEP_LINE = re.compile(r"^\[(?P<time>[\d\-: ,]+)\].* - step (?P<step>\d+) epoch .*?(?P<rate>[\d.]+) target tokens/s")
 RUNS = ("first", "again", "resume")
@@ -55,24 +55,6 @@ class Measurement:
     tree_rss_peak_mib: float = 0.0
     tree_pss_peak_mib: float = 0.0
     tokens_per_s: float | None = None
-
-
-def _status_kib(pid: int, key: str) -> int:
-    try:
-        match = re.search(rf"{key}:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
-    except OSError:
-        return 0
-    return int(match.group(1)) if match else 0
-
-
-def _pss_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def _process_class(pid: int) -> str:
@@ -110,11 +92,11 @@ class TreeSampler:
         while not self._stop.wait(self.interval):
             rss = pss = 0
             for pid in process_tree(self.pid):
-                hwm = _status_kib(pid, "VmHWM")
+                hwm = status_kib(pid, "VmHWM")
                 kind = self._class_of(pid)
                 self.peaks[pid] = (kind, max(hwm, self.peaks.get(pid, (kind, 0))[1]))
-                rss += _status_kib(pid, "VmRSS")
-                pss += _pss_kib(pid)
+                rss += status_kib(pid, "VmRSS")
+                pss += pss_kib(pid)
             self.tree_rss, self.tree_pss = max(self.tree_rss, rss), max(self.tree_pss, pss)
 
     def _class_of(self, pid: int) -> str:

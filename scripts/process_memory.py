@@ -34,14 +34,19 @@ def tree_pss_kib(pid: int) -> int:
     return sum(pss_kib(each) for each in process_tree(pid))
 
 
-def peak_rss_kib(pid: int) -> int:
-    """The process' own high-water mark (VmHWM): exact, but blind to its children."""
+def status_kib(pid: int, key: str) -> int:
+    """A figure of /proc/PID/status in KiB (VmRSS, VmHWM, ...); 0 once the process is gone."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return 0
-    match = re.search(r"VmHWM:\s+(\d+) kB", status)
+    match = re.search(rf"{key}:\s+(\d+) kB", status)
     return int(match.group(1)) if match else 0
+
+
+def peak_rss_kib(pid: int) -> int:
+    """The process' own high-water mark (VmHWM): exact, but blind to its children."""
+    return status_kib(pid, "VmHWM")
 
 
 class PeakSampler:
