@@ -1,32 +1,163 @@
-"""Checkpoints: written atomically, loaded with `weights_only=True`, self-contained.
+"""Checkpoints: what they hold, how they are written (atomically) and read (`weights_only=True`).
 
-A checkpoint is a plain dict of tensors, numbers, strings and bytes:
-`format`, `config` (the resolved Config as a dict), `tokenizer` (SentencePiece model bytes),
-`model` (state dict: the weights to translate with) and, for resuming, `optimizer`, `scheduler`,
-`rng`, `progress`, and with `train.average_decay` `trained_model` (the optimizer's weights, while
-`model` holds their moving average).
+`Checkpoint` is the contract. On disk it is a dict of tensors, numbers, strings and bytes under
+`torch.save`: `format`, `config` (the resolved Config as a dict), `tokenizer` (the SentencePiece
+models' bytes), `model` (the weights to translate with), `progress`, and, in `last.pt` only, what
+resuming needs besides: `optimizer`, `scheduler`, `rng` and, with `train.average_decay`,
+`trained_model` (the optimizer's weights, while `model` holds their moving average). An averaged
+checkpoint names its members in `averaged_from`. Only this module builds or reads that dict.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import pickle
 import tempfile
+import zipfile
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from nmt.config import Config
+from nmt.data.tokenizer import Tokenizer
+from nmt.model.device import resolve_device
+from nmt.model.seq2seq import Seq2Seq, build_model
+
+log = logging.getLogger(__name__)
+
 FORMAT = "nmt-checkpoint-1"
 LAST, BEST = "last.pt", "best.pt"
+StateDict = dict[str, torch.Tensor]
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be found or read; the message says which and why."""
 
 
-def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
+@dataclass
+class Progress:
+    """Where training stands; saved in every checkpoint so a resumed run picks up exactly here."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # batches of `epoch` already trained on
+    best_bleu: float = -1.0
+    validations_since_best: int = 0  # for early stopping (train.patience)
+    train_seconds: float = 0.0  # wall time spent training, summed over resumes
+    tgt_tokens: int = 0
+    nonfinite_in_a_row: int = 0  # updates skipped for a NaN or inf gradient, since the last good one
+    nonfinite_total: int = 0
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Progress:
+        known = {f.name for f in fields(cls)}
+        return cls(**{name: value for name, value in values.items() if name in known})
+
+
+@dataclass
+class TrainingState:
+    """What a resumed run needs beyond the weights it translates with (torch's state dicts)."""
+
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any] | None
+    rng: dict[str, Any]  # "torch", and "cuda" where there is one
+    trained_model: StateDict | None = None  # with a weight average: where the optimizer goes on from
+
+
+@dataclass
+class Checkpoint:
+    config: Config
+    tokenizer: Tokenizer
+    model: StateDict  # the weights to translate with (the moving average when averaging)
+    progress: Progress = field(default_factory=Progress)
+    training: TrainingState | None = None  # last.pt's; None in best.pt and the kept ones
+    averaged_from: list[str] = field(default_factory=list)
+
+    def save(self, path: Path) -> None:
+        write_payload(self._payload(), path)
+
+    @classmethod
+    def load(cls, path: Path) -> Checkpoint:
+        return cls._from_payload(read_payload(path), path)
+
+    def build_model(self, device: str | torch.device = "cpu") -> Seq2Seq:
+        """The model its config describes, holding its weights, in eval mode on `device`."""
+        tokenizer = self.tokenizer
+        model = build_model(self.config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, init_weights=False)
+        try:
+            # strict: older names are renamed by the model's own load hooks, anything else refused
+            model.load_state_dict(self.model)
+        except RuntimeError as error:
+            # torch lists every mismatch on lines of their own: the first says what is wrong
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            detail = lines[1] if len(lines) > 1 else lines[0]
+            raise CheckpointError(f"weights do not fit the model its config describes: {detail}") from None
+        return model.to(device).eval()
+
+    def _payload(self) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "config": self.config.to_dict(),
+            "tokenizer": self.tokenizer.state(),
+            "model": self.model,
+            "progress": asdict(self.progress),
+        }
+        if self.training is not None:
+            payload.update(asdict(self.training))
+            if self.training.trained_model is None:
+                del payload["trained_model"]
+        if self.averaged_from:
+            payload["averaged_from"] = list(self.averaged_from)
+        return payload
+
+    @classmethod
+    def _from_payload(cls, payload: dict[str, Any], path: Path) -> Checkpoint:
+        try:
+            training = None
+            if "optimizer" in payload:
+                training = TrainingState(
+                    payload["optimizer"], payload.get("scheduler"), payload["rng"], payload.get("trained_model")
+                )
+            return cls(
+                config=Config.from_dict(payload["config"]),
+                tokenizer=Tokenizer.from_state(payload["tokenizer"]),
+                model=payload["model"],
+                progress=Progress.from_dict(payload.get("progress", {})),
+                training=training,
+                averaged_from=list(payload.get("averaged_from", [])),
+            )
+        except (KeyError, TypeError, ValueError, AssertionError) as error:
+            raise CheckpointError(
+                f"{path} is not a complete nmt checkpoint ({type(error).__name__}: {error})"
+            ) from None
+
+
+def load_for_translation(run_or_checkpoint: str | Path, device: str = "auto") -> tuple[Seq2Seq, Checkpoint]:
+    """A run's (best, else last) or a file's model, on the device in eval mode, and its checkpoint."""
+    path = resolve_checkpoint(run_or_checkpoint)
+    checkpoint = Checkpoint.load(path)
+    try:
+        model = checkpoint.build_model(resolve_device(device))
+    except CheckpointError as error:
+        raise CheckpointError(f"{path}: {error}") from None
+    log.info("loaded %s (step %d)", path, checkpoint.progress.step)
+    return model, checkpoint
+
+
+def load_for_resume(run_dir: str | Path) -> Checkpoint:
+    """A run's last.pt, with the optimizer, scheduler and RNG state a resumed run goes on from."""
+    path = Path(run_dir).expanduser() / "checkpoints" / LAST
+    checkpoint = Checkpoint.load(path)
+    if checkpoint.training is None:
+        raise CheckpointError(f"{path} holds no optimizer state to resume from (a best.pt or averaged checkpoint?)")
+    return checkpoint
+
+
+# --- the file -------------------------------------------------------------------------------------
+def write_payload(payload: dict[str, Any], path: Path) -> None:
     """Write to a temporary file beside `path`, flush to disk, then rename over it: a crash at
     any moment leaves either the old checkpoint or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,28 +194,40 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def read_payload(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The dict `write_payload` wrote; every way a file can fail to be one is a CheckpointError
+    in nmt's words (torch's own advise `weights_only=False`, which nmt exists to withhold)."""
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
+    damaged = f"{path} is not a readable nmt checkpoint: the file is truncated or damaged, or of another kind"
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive, its directory at the end
+        raise CheckpointError(damaged)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        if "Unsupported global" not in str(error):  # junk bytes, a truncated file
-            # torch's message advises weights_only=False first: quote only what went wrong.
-            reason = str(error).split("WeightsUnpickler error:")[-1].strip()
-            raise CheckpointError(f"{path} is not a readable nmt checkpoint: {_first_line(reason)}") from None
-        # torch's own message suggests weights_only=False: never for a file one does not trust.
+    except pickle.UnpicklingError:
+        refused = _unsafe_globals(path)
+        if not refused:
+            raise CheckpointError(damaged) from None
         raise CheckpointError(
-            f"{path} was refused: it holds Python objects other than tensors and plain data, and "
-            "loading those could run code. nmt checkpoints hold none; this file is not one"
+            f"{path} was refused: it names Python objects ({', '.join(refused[:3])}) other than tensors and "
+            "plain data, and loading those could run code. nmt checkpoints hold none; this file is not one"
         ) from None
-    except Exception as error:  # a damaged file can fail anywhere in unpickling (struct, zip, ...)
-        raise CheckpointError(f"{path} is not a readable nmt checkpoint: {_first_line(error)}") from None
+    except Exception:  # a damaged archive can fail anywhere in reading (zip, struct, storage sizes)
+        raise CheckpointError(damaged) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an nmt checkpoint (expected format {FORMAT!r})")
     return payload
 
 
+def _unsafe_globals(path: Path) -> list[str]:
+    """The globals the file's pickle names beyond what `weights_only` allows; none if unreadable."""
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:
+        return []
+
+
+# --- runs -----------------------------------------------------------------------------------------
 def step_checkpoint_name(step: int) -> str:
     return f"step_{step:07d}.pt"
 
@@ -92,43 +235,6 @@ def step_checkpoint_name(step: int) -> str:
 def step_checkpoints(directory: Path) -> list[Path]:
     """A run's kept validation checkpoints (train.keep_checkpoints), oldest first."""
     return sorted(directory.glob("step_*.pt"))
-
-
-def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
-    """One checkpoint whose weights are the mean of these checkpoints' (the translation weights,
-    `model`), with the config and tokenizer they share. Refused (CheckpointError) when they come
-    from different models or vocabularies."""
-    if not paths:
-        raise CheckpointError("no checkpoints to average")
-    first = load_checkpoint(paths[0])
-    total = {name: weight.double() for name, weight in first["model"].items()}
-    # The mean is as trained as its most trained member: report that one's step and epoch.
-    progress = first.get("progress", {})
-    for path in paths[1:]:
-        payload = load_checkpoint(path)
-        if payload.get("progress", {}).get("step", 0) > progress.get("step", 0):
-            progress = payload["progress"]
-        if payload["config"].get("model") != first["config"].get("model"):
-            raise CheckpointError(f"{path} is of another model than {paths[0]}: only one model's checkpoints average")
-        if payload["tokenizer"] != first["tokenizer"]:
-            raise CheckpointError(f"{path} has another vocabulary than {paths[0]}: they cannot be averaged")
-        if payload["model"].keys() != total.keys():
-            raise CheckpointError(f"{path} holds other weights than {paths[0]}")
-        for name, weight in payload["model"].items():
-            total[name] += weight.double()
-    model = {name: (weight / len(paths)).to(first["model"][name].dtype) for name, weight in total.items()}
-    return {
-        "config": first["config"],
-        "tokenizer": first["tokenizer"],
-        "model": model,
-        "progress": progress,
-        "averaged_from": [str(path) for path in paths],
-    }
-
-
-def _first_line(error: Exception | str) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
 
 
 def resolve_checkpoint(run_or_checkpoint: str | Path) -> Path:
@@ -142,3 +248,29 @@ def resolve_checkpoint(run_or_checkpoint: str | Path) -> Path:
                 return candidate
         raise CheckpointError(f"{path} holds no checkpoints/{BEST} or checkpoints/{LAST}; is it a run directory?")
     raise CheckpointError(f"{path} does not exist; give a run directory or a .pt checkpoint")
+
+
+def average_checkpoints(paths: list[Path]) -> Checkpoint:
+    """One checkpoint whose weights are the mean of these checkpoints' (the translation weights),
+    with the config and tokenizer they share. Refused (CheckpointError) when they come from
+    different models or vocabularies."""
+    if not paths:
+        raise CheckpointError("no checkpoints to average")
+    first = Checkpoint.load(paths[0])
+    total = {name: weight.double() for name, weight in first.model.items()}
+    # The mean is as trained as its most trained member: report that one's step and epoch.
+    progress = first.progress
+    for path in paths[1:]:
+        other = Checkpoint.load(path)
+        if other.progress.step > progress.step:
+            progress = other.progress
+        if other.config.model != first.config.model:
+            raise CheckpointError(f"{path} is of another model than {paths[0]}: only one model's checkpoints average")
+        if other.tokenizer.state() != first.tokenizer.state():
+            raise CheckpointError(f"{path} has another vocabulary than {paths[0]}: they cannot be averaged")
+        if other.model.keys() != total.keys():
+            raise CheckpointError(f"{path} holds other weights than {paths[0]}")
+        for name, weight in other.model.items():
+            total[name] += weight.double()
+    model = {name: (weight / len(paths)).to(first.model[name].dtype) for name, weight in total.items()}
+    return Checkpoint(first.config, first.tokenizer, model, progress, averaged_from=[str(path) for path in paths])

@@ -25,14 +25,14 @@ from typing import Any
 
 import torch
 
-from nmt.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+from nmt.checkpoint import Checkpoint, CheckpointError, load_for_translation
 from nmt.config import Config, InferenceOptions, SearchOptions
 from nmt.data.batching import collate_src, token_budget_batches
 from nmt.data.tokenizer import Tokenizer
-from nmt.model.device import autocast, resolve_device, resolve_precision
+from nmt.model.device import autocast, resolve_precision
 from nmt.model.onednn import onednn_available, use_onednn_linears
 from nmt.model.quantize import quantize_int8
-from nmt.model.seq2seq import Seq2Seq, build_model
+from nmt.model.seq2seq import Seq2Seq
 from nmt.search import DecodingModel, Hypothesis, search, start_search
 from nmt.search.ensemble import Ensemble
 from nmt.workers import can_fork, map_in_workers, resolve_workers
@@ -111,8 +111,10 @@ class Translator:
         if not paths:
             raise ValueError("no checkpoint to translate with")
         loaded = [_load_for_translation(path, inference) for path in paths]
-        (model, tokenizer, payload), others = loaded[0], loaded[1:]
-        for path, (_, other_tokenizer, _) in zip(paths[1:], others):
+        (model, checkpoint), others = loaded[0], loaded[1:]
+        tokenizer = checkpoint.tokenizer
+        for path, (_, other) in zip(paths[1:], others):
+            other_tokenizer = other.tokenizer
             if other_tokenizer.fingerprint != tokenizer.fingerprint:
                 raise CheckpointError(
                     f"cannot ensemble {path} with {paths[0]}: their vocabularies differ (tokenizer "
@@ -123,7 +125,7 @@ class Translator:
         translator = cls(
             model, tokenizer, search_options, device, inference.batch_tokens, inference.precision, inference.workers
         )
-        translator.members = [other_model for other_model, _, _ in others]
+        translator.members = [other_model for other_model, _ in others]
         if (
             device.type == "cpu"
             and translator.precision == "fp32"
@@ -132,7 +134,7 @@ class Translator:
         ):
             for each_model in translator.models:
                 use_onednn_linears(each_model)
-        translator.config = Config.from_dict(payload["config"])
+        translator.config = checkpoint.config
         translator.max_src_len = inference.max_src_len
         return translator
 
@@ -319,29 +321,18 @@ def split_options(
     return search_options, inference
 
 
-def _load_for_translation(
-    run_or_checkpoint: str | Path, inference: InferenceOptions
-) -> tuple[Seq2Seq, Tokenizer, dict]:
-    """load_model, then int8 quantization when `inference` asks for it."""
-    model, tokenizer, payload = load_model(run_or_checkpoint, inference.device)
+def _load_for_translation(run_or_checkpoint: str | Path, inference: InferenceOptions) -> tuple[Seq2Seq, Checkpoint]:
+    """The checkpoint's model, int8-quantized when `inference` asks for it."""
+    model, checkpoint = load_for_translation(run_or_checkpoint, inference.device)
     if inference.quantize == "int8":
         if next(model.parameters()).device.type != "cpu":
             raise ValueError("int8 quantization runs on the CPU only; use device cpu")
         quantize_int8(model)
-    return model, tokenizer, payload
+    return model, checkpoint
 
 
-def load_model(run_or_checkpoint: str | Path, device: str = "auto") -> tuple[Seq2Seq, Tokenizer, dict]:
-    """The model (in eval mode, on the device) and tokenizer of a checkpoint, and its payload."""
-    path = resolve_checkpoint(run_or_checkpoint)
-    payload = load_checkpoint(path)
-    config = Config.from_dict(payload["config"])
-    tokenizer = Tokenizer.from_state(payload["tokenizer"])
-    model = build_model(config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, init_weights=False)
-    try:
-        model.load_state_dict(payload["model"])
-    except RuntimeError as error:
-        raise CheckpointError(f"{path}: weights do not fit the model its config describes: {error}") from None
-    model.to(resolve_device(device)).eval()
-    log.info("loaded %s (step %s)", path, payload.get("progress", {}).get("step", "?"))
-    return model, tokenizer, payload
+def load_model(run_or_checkpoint: str | Path, device: str = "auto") -> tuple[Seq2Seq, Tokenizer, Checkpoint]:
+    """The model (in eval mode, on the device) and tokenizer of a run or checkpoint file, and
+    the checkpoint (its config, progress and weights)."""
+    model, checkpoint = load_for_translation(run_or_checkpoint, device)
+    return model, checkpoint.tokenizer, checkpoint

@@ -31,7 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nmt.checkpoint import load_checkpoint  # noqa: E402
+from nmt.checkpoint import Checkpoint  # noqa: E402
 
 STEPS = 1500  # long enough that every kill lands before the end
 VALIDATE_EVERY = 100
@@ -130,14 +130,14 @@ def main() -> int:
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
         last = run / "checkpoints" / "last.pt"
-        saved = load_checkpoint(last)["progress"]["step"] if last.exists() else 0
+        saved = Checkpoint.load(last).progress.step if last.exists() else 0
         rows.append((attempt + 1, kind, seen, last_step(log), saved))
         print(f"kill {attempt + 1}: {kind}: {seen}; last logged step {last_step(log)}, last.pt at {saved}", flush=True)
     final = start(command(run, args.processes, args.data, True), out / "final.log").wait()
-    a = load_checkpoint(straight / "checkpoints" / "last.pt")
-    b = load_checkpoint(run / "checkpoints" / "last.pt")
-    identical = all(torch.equal(a["model"][name], b["model"][name]) for name in a["model"])
-    largest = max(float((a["model"][name] - b["model"][name]).abs().max()) for name in a["model"])
+    a = Checkpoint.load(straight / "checkpoints" / "last.pt").model
+    b = Checkpoint.load(run / "checkpoints" / "last.pt").model
+    identical = all(torch.equal(a[name], b[name]) for name in a)
+    largest = max(float((a[name] - b[name]).abs().max()) for name in a)
     table = [
         f"SIGKILL x {args.kills}, train.processes={args.processes}, seed {args.seed}, {STEPS} steps",
         "",

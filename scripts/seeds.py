@@ -22,8 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-from nmt.checkpoint import load_checkpoint, resolve_checkpoint
-from nmt.cli.evaluate import corpus_split
+from nmt.checkpoint import Checkpoint, resolve_checkpoint
+from nmt.evaluation import corpus_split
 from nmt.scoring import bleu
 from nmt.translation import Translator
 
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in range(1, count + 1):
         run_dir = args.out / f"seed{seed}"
         seconds = train(run_dir, overrides, seed)
-        step = load_checkpoint(resolve_checkpoint(run_dir))["progress"]["step"]
+        step = Checkpoint.load(resolve_checkpoint(run_dir)).progress.step
         val, test = score(run_dir, "validation", args.beam), score(run_dir, "test", args.beam)
         train_s = None if seconds is None else round(seconds)
         rows.append({"seed": seed, "step": step, "train_s": train_s, "val_bleu": val, "test_bleu": test})

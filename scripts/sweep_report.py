@@ -24,7 +24,7 @@ import yaml
 from curve import curve
 from seeds import mean_sd, score
 
-from nmt.checkpoint import LAST, load_checkpoint, resolve_checkpoint
+from nmt.checkpoint import LAST, Checkpoint, resolve_checkpoint
 
 SEED_KEY = "train.seed"
 
@@ -94,16 +94,16 @@ def main(argv: list[str] | None = None) -> int:
     labels = settings(jobs)
     rows, curves = [], {}
     for job in jobs:
-        progress = load_checkpoint(job / "checkpoints" / LAST)["progress"]
-        scored_step = load_checkpoint(resolve_checkpoint(job))["progress"]["step"]
+        progress = Checkpoint.load(job / "checkpoints" / LAST).progress
+        scored_step = Checkpoint.load(resolve_checkpoint(job)).progress.step
         curves[str(job)] = curve(job)
         ppl_at_step = {point[0]: point[3] for point in curves[str(job)]}
         row = {
             "job": str(job),
             "setting": labels[job],
             "seed": job_overrides(job).get(SEED_KEY, "-"),
-            "steps": progress["step"],
-            "train_minutes": round(progress["train_seconds"] / 60, 1),
+            "steps": progress.step,
+            "train_minutes": round(progress.train_seconds / 60, 1),
             "val_ppl": round(ppl_at_step[scored_step], 2),
             "val_bleu": score(job, "validation", args.beam),
             "test_bleu": score(job, "test", args.beam),

@@ -3,12 +3,15 @@ their mean as a normal checkpoint; checkpoints of different models or vocabulari
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from helpers import PAIRS, SPLITS, tiny_config, write_lines
 
 import nmt.cli.average
-from nmt.checkpoint import load_checkpoint, save_checkpoint
+from nmt.checkpoint import Checkpoint
+from nmt.data.tokenizer import Tokenizer
 from nmt.training.run import run_training
 from nmt.translation import Translator
 
@@ -32,30 +35,28 @@ def test_training_keeps_the_last_k_validation_checkpoints(kept_run):
 def test_the_average_of_the_last_k_is_their_mean_and_translates(kept_run, tmp_path):
     out = tmp_path / "avg.pt"
     assert nmt.cli.average.main([str(kept_run), "--last", "2", "-o", str(out)]) == 0
-    a, b = (
-        load_checkpoint(kept_run / "checkpoints" / name)["model"] for name in ("step_0000008.pt", "step_0000012.pt")
-    )
-    averaged = load_checkpoint(out)
-    for name, weight in averaged["model"].items():
+    a, b = (Checkpoint.load(kept_run / "checkpoints" / name).model for name in ("step_0000008.pt", "step_0000012.pt"))
+    averaged = Checkpoint.load(out)
+    for name, weight in averaged.model.items():
         torch.testing.assert_close(weight, (a[name] + b[name]) / 2)
-    assert len(averaged["averaged_from"]) == 2
-    assert averaged["progress"]["step"] == 12  # the newest member's, in whatever order they are given
+    assert len(averaged.averaged_from) == 2
+    assert averaged.progress.step == 12  # the newest member's, in whatever order they are given
     translator = Translator.load(out, beam_size=2, device="cpu", workers=1)
     assert translator.translate([PAIRS[0][0]])[0]
     listed = tmp_path / "listed.pt"
     paths = [str(kept_run / "checkpoints" / name) for name in ("step_0000012.pt", "step_0000008.pt")]
     assert nmt.cli.average.main([*paths, "-o", str(listed)]) == 0
-    assert all(torch.equal(load_checkpoint(listed)["model"][n], w) for n, w in averaged["model"].items())
-    assert load_checkpoint(listed)["progress"]["step"] == 12
+    assert all(torch.equal(Checkpoint.load(listed).model[n], w) for n, w in averaged.model.items())
+    assert Checkpoint.load(listed).progress.step == 12
 
 
 def test_checkpoints_of_another_model_or_vocabulary_are_refused(kept_run, tmp_path, capsys):
     mine = kept_run / "checkpoints" / "step_0000012.pt"
-    payload = load_checkpoint(mine)
-    other_model = dict(payload, config={**payload["config"], "model": {**payload["config"]["model"], "embed_dim": 8}})
-    save_checkpoint(other_model, tmp_path / "other_model.pt")
-    other_vocab = dict(payload, tokenizer={**payload["tokenizer"], "output_pieces": [0, 1, 2, 3]})
-    save_checkpoint(other_vocab, tmp_path / "other_vocab.pt")
+    checkpoint = Checkpoint.load(mine)
+    model = replace(checkpoint.config.model, embed_dim=8)
+    replace(checkpoint, config=replace(checkpoint.config, model=model)).save(tmp_path / "other_model.pt")
+    tokenizer = Tokenizer.from_state({**checkpoint.tokenizer.state(), "output_pieces": [0, 1, 2, 3]})
+    replace(checkpoint, tokenizer=tokenizer).save(tmp_path / "other_vocab.pt")
     for other, words in (("other_model.pt", "another model"), ("other_vocab.pt", "another vocabulary")):
         out = tmp_path / f"from_{other}"
         assert nmt.cli.average.main([str(mine), str(tmp_path / other), "-o", str(out)]) == 2

@@ -17,11 +17,10 @@ import pytest
 import torch
 from helpers import free_port, tiny_config, toy_cli_overrides
 
-from nmt.checkpoint import load_checkpoint
+from nmt.checkpoint import Checkpoint
 from nmt.data.batching import collate
 from nmt.data.store import prepare_store
 from nmt.data.tokenizer import Tokenizer
-from nmt.model.seq2seq import build_model
 from nmt.training.distributed import Ranks, process_group, split_batch
 from nmt.training.loss import TeacherForcedLoss
 from nmt.training.run import run_training
@@ -111,12 +110,9 @@ def test_two_ranks_sum_to_the_one_process_gradient(text_corpus, tmp_path):
 
 def _mean_loss(checkpoint: Path, config) -> float:
     """The teacher-forced loss per target token of a checkpoint's weights on the first batches."""
-    payload = load_checkpoint(checkpoint)
-    tokenizer = Tokenizer.from_state(payload["tokenizer"])
-    store = prepare_store(config.data, tokenizer)
-    model = build_model(config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
-    model.load_state_dict(payload["model"])
-    model.eval()
+    loaded = Checkpoint.load(checkpoint)
+    store = prepare_store(config.data, loaded.tokenizer)
+    model = loaded.build_model()
     src, tgt = [store.train.src[i] for i in range(64)], [store.train.tgt[i] for i in range(64)]
     with torch.no_grad():
         batch = collate(src, tgt)
@@ -133,7 +129,7 @@ def test_a_two_rank_run_trains_the_one_process_model(text_corpus, tmp_path, samp
     run_training(config, tmp_path / "one")
     run_ranks(_train, config, tmp_path / "two")
     one, two = (tmp_path / name / "checkpoints" / "last.pt" for name in ("one", "two"))
-    assert load_checkpoint(two)["progress"]["step"] == 50
+    assert Checkpoint.load(two).progress.step == 50
     assert _mean_loss(two, config) == pytest.approx(_mean_loss(one, config), abs=1e-4)
 
 
@@ -144,8 +140,8 @@ def test_ranks_resume_exactly_with_their_dropout(text_corpus, tmp_path):
     run_ranks(_train, tiny_config(text_corpus, max_steps=12), straight)
     run_ranks(_train, tiny_config(text_corpus, max_steps=6), interrupted)
     run_ranks(_train, tiny_config(text_corpus, max_steps=12, resume=str(interrupted)), interrupted)
-    a = load_checkpoint(straight / "checkpoints" / "last.pt")["model"]
-    b = load_checkpoint(interrupted / "checkpoints" / "last.pt")["model"]
+    a = Checkpoint.load(straight / "checkpoints" / "last.pt").model
+    b = Checkpoint.load(interrupted / "checkpoints" / "last.pt").model
     for name, weight in a.items():
         torch.testing.assert_close(weight, b[name], rtol=0, atol=0, msg=name)
 
@@ -196,7 +192,7 @@ def test_train_processes_starts_ranks_that_write_one_run(text_corpus, tmp_path):
     )
     assert "training in 2 processes" in output and "2 training processes" in output
     assert output.count("validation at step 20") == 1  # rank 0 speaks for the job
-    assert load_checkpoint(run / "checkpoints" / "last.pt")["progress"]["step"] == 20
+    assert Checkpoint.load(run / "checkpoints" / "last.pt").progress.step == 20
     assert (run / ".hydra" / "config.yaml").is_file() and (run / "tokenizer").is_dir()
     assert "processes: 2" in (run / ".hydra" / "config.yaml").read_text()
     assert sorted(path.name for path in tmp_path.iterdir()) == ["run", "text"]  # no run of another rank
@@ -217,7 +213,7 @@ def test_a_killed_two_rank_run_resumes_on_one_and_on_two_ranks(text_corpus, tmp_
     wait_for(killed / "checkpoints" / "last.pt")
     os.killpg(process.pid, signal.SIGKILL)  # the launcher and both ranks, as a lost machine
     process.communicate()
-    killed_at = load_checkpoint(killed / "checkpoints" / "last.pt")["progress"]["step"]
+    killed_at = Checkpoint.load(killed / "checkpoints" / "last.pt").progress.step
     assert 0 < killed_at < 60
 
     config = tiny_config(text_corpus)
@@ -237,7 +233,7 @@ def test_a_killed_two_rank_run_resumes_on_one_and_on_two_ranks(text_corpus, tmp_
         )
         assert f"resumed at step {killed_at}" in output
         last = run / "checkpoints" / "last.pt"
-        assert load_checkpoint(last)["progress"]["step"] == 60
+        assert Checkpoint.load(last).progress.step == 60
         assert _mean_loss(last, config) == pytest.approx(expected, abs=1e-4)
 
 
@@ -272,7 +268,7 @@ def test_a_killed_rank_ends_the_job_with_one_message_naming_it(text_corpus, tmp_
     assert process.returncode == 1, output
     assert "training process rank 1 was killed by SIGKILL" in output
     assert "Traceback" not in output
-    assert load_checkpoint(run / "checkpoints" / "last.pt")["progress"]["step"] > 0
+    assert Checkpoint.load(run / "checkpoints" / "last.pt").progress.step > 0
 
 
 @pytest.mark.slow  # 13 s: two torchrun launchers and their rendezvous
@@ -307,7 +303,7 @@ def test_two_torchrun_nodes_train_one_run_together(text_corpus, tmp_path):
     ]
     outputs = [finish(node) for node in nodes]
     assert sum("2 training processes" in output for output in outputs) == 1
-    assert load_checkpoint(run / "checkpoints" / "last.pt")["progress"]["step"] == 20
+    assert Checkpoint.load(run / "checkpoints" / "last.pt").progress.step == 20
 
 
 def test_the_launcher_names_the_rank_that_failed_first_not_the_ranks_that_lost_it():
@@ -352,7 +348,7 @@ def test_a_signal_stops_every_rank_after_the_same_step_and_the_run_resumes(
     output, _ = process.communicate(timeout=120)
     assert process.returncode == exit_code, output
     assert "Traceback" not in output and "resume with `nmt-train train.resume=" in output
-    step = load_checkpoint(run / "checkpoints" / "last.pt")["progress"]["step"]
+    step = Checkpoint.load(run / "checkpoints" / "last.pt").progress.step
     assert step > 0
     resumed = finish(
         start(

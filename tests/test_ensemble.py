@@ -1,15 +1,17 @@
 """Ensembles: the mean of the members' log-probabilities at every step, through the decoding
 protocol (any cell and attention), and refused across vocabularies."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from helpers import PAIRS, lively_model, random_batch
 
 import nmt.cli.evaluate
 import nmt.cli.translate
-from nmt.checkpoint import load_checkpoint, save_checkpoint
+from nmt.checkpoint import Checkpoint
 from nmt.config import DecoderConfig, SearchOptions
-from nmt.data.tokenizer import BOS_ID, EOS_ID
+from nmt.data.tokenizer import BOS_ID, EOS_ID, Tokenizer
 from nmt.search import search, start_search
 from nmt.search.ensemble import Ensemble
 from nmt.translation import Translator
@@ -78,11 +80,12 @@ def test_nmt_translate_and_evaluate_take_several_runs_as_an_ensemble(trained_run
 
 def test_models_of_different_vocabularies_are_refused_with_one_message(trained_run, tmp_path, capsys):
     checkpoint = trained_run / "checkpoints" / "last.pt"
-    payload = load_checkpoint(checkpoint)
-    pieces = list(payload["tokenizer"]["output_pieces"])
+    loaded = Checkpoint.load(checkpoint)
+    state = loaded.tokenizer.state()
+    pieces = list(state["output_pieces"])
     unused = next(i for i in range(pieces[-1], 10**6) if i not in pieces)
     other = tmp_path / "other_vocabulary.pt"  # as many target pieces, not the same ones
-    save_checkpoint(dict(payload, tokenizer={**payload["tokenizer"], "output_pieces": [*pieces[:-1], unused]}), other)
+    replace(loaded, tokenizer=Tokenizer.from_state({**state, "output_pieces": [*pieces[:-1], unused]})).save(other)
     source = tmp_path / "src.de"
     source.write_text(PAIRS[0][0] + "\n")
     assert nmt.cli.translate.main([str(checkpoint), str(other), "-i", str(source)]) == 2

@@ -177,6 +177,14 @@ CASES = [
         "not a readable nmt checkpoint",
     ),
     Case(
+        "checkpoint whose pickle calls a blocked module",
+        "translate",
+        ["CKPT", "-i", "IN"],
+        {"in.de": lines(SOURCE), "ckpt.pt": b"BLOCKED"},
+        2,
+        "could run code",
+    ),
+    Case(
         "random bytes as checkpoint",
         "translate",
         ["CKPT", "-i", "IN"],
@@ -267,23 +275,32 @@ CASES = [
 ]
 
 
+class _RunsAShell:
+    def __reduce__(self):
+        return (os.system, ("echo this ran",))
+
+
 def _checkpoint_variant(kind: bytes, run: Path, path: Path) -> None:
+    from dataclasses import replace
+
     import torch
 
-    from nmt.checkpoint import load_checkpoint, save_checkpoint
+    from nmt.checkpoint import Checkpoint, read_payload
 
     real = (run / "checkpoints" / "best.pt").read_bytes()
     if kind == b"TRUNCATE":
         path.write_bytes(real[: len(real) // 2])
+    elif kind == b"BLOCKED":  # torch words a blocked module unlike other refused globals
+        torch.save({"format": "nmt-checkpoint-1", "model": _RunsAShell()}, path)
     elif kind == b"FOREIGN":
         torch.save({"state_dict": {"w": torch.zeros(2)}}, path)
     elif kind in (b"RESHAPED", b"FUTURE"):
-        payload = load_checkpoint(run / "checkpoints" / "best.pt")
         if kind == b"RESHAPED":
-            name = next(iter(payload["model"]))
-            payload["model"][name] = torch.zeros(3, 3)
-            save_checkpoint(payload, path)
+            checkpoint = Checkpoint.load(run / "checkpoints" / "best.pt")
+            name = next(iter(checkpoint.model))
+            replace(checkpoint, model={**checkpoint.model, name: torch.zeros(3, 3)}).save(path)
         else:
+            payload = read_payload(run / "checkpoints" / "best.pt")
             payload.pop("format")
             torch.save({"format": "nmt-checkpoint-99", **payload}, path)
     else:
@@ -297,6 +314,13 @@ def test_an_unreadable_input_is_one_message(trained_run, tmp_path, capsys):
     source.chmod(0)
     code = nmt.cli.translate.main([str(trained_run), "-i", str(source), "--device", "cpu"])
     assert code == 2 and "Permission denied" in capsys.readouterr().err
+
+
+def test_a_missing_input_is_one_line_before_any_model_is_loaded(trained_run, tmp_path, capsys, caplog):
+    missing = tmp_path / "missing.de"
+    code = nmt.cli.translate.main([str(trained_run), "-i", str(missing), "--device", "cpu"])
+    assert code == 2 and capsys.readouterr().err == f"nmt-translate: -i {missing}: No such file or directory\n"
+    assert "loaded" not in caplog.text
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
@@ -328,9 +352,12 @@ def test_hostile_input(case: Case, trained_run: Path, tmp_path: Path, capsys, ca
         code = exit.code
     captured = capsys.readouterr()
     assert code == case.exit_code, captured.err
-    assert "Traceback" not in captured.err
+    assert "Traceback" not in captured.err and "this ran" not in captured.out
     if code:
         assert case.words in captured.err
+        if "ckpt.pt" in case.files:  # nmt's words, not torch's advice or miniz's paragraph
+            assert len(captured.err.strip().splitlines()) == 1, captured.err
+            assert "weights_only" not in captured.err and "miniz" not in captured.err
         if "OUT" in case.argv:
             assert out.read_text() == "precious\n"  # never clobbered by a failed run
     elif case.lines_out is not None:

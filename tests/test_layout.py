@@ -25,6 +25,7 @@ LAYERS = {
         "nmt.workers",
         "nmt.translation",
         "nmt.scoring",
+        "nmt.evaluation",
         "nmt.inspection",
         "nmt.plots",
         "nmt.training",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nmt.checkpoint import load_checkpoint
+from nmt.checkpoint import Checkpoint
 
 BIN = Path(sys.executable).parent
 NMT_DATA = os.environ.get("NMT_DATA", "")
@@ -26,7 +26,7 @@ def test_smoke_preset_trains_on_multi30k_and_translates(tmp_path):
         [str(BIN / "nmt-train"), "train=smoke", f"hydra.run.dir={run}"], capture_output=True, text=True, timeout=600
     )
     assert trained.returncode == 0, trained.stderr
-    progress = load_checkpoint(run / "checkpoints" / "last.pt")["progress"]
+    progress = Checkpoint.load(run / "checkpoints" / "last.pt").progress
     assert progress["epoch"] == 2 and progress["step"] > 0
     assert list((run / "tensorboard").glob("events.*")) and (run / "tokenizer" / "joint.model").is_file()
     translated = subprocess.run(

@@ -234,7 +234,7 @@ def test_a_killed_preparation_leaves_no_store_and_the_next_run_prepares_it(text_
 
 
 def test_a_resume_finds_its_store_or_prepares_one_with_the_checkpoint_s_tokenizer(text_corpus, tmp_path):
-    from nmt.checkpoint import load_checkpoint
+    from nmt.checkpoint import Checkpoint
     from nmt.training.run import run_training
 
     def config(steps: int, resume: str | None = None):
@@ -245,7 +245,7 @@ def test_a_resume_finds_its_store_or_prepares_one_with_the_checkpoint_s_tokenize
     run_training(config(4), interrupted)
     shutil.rmtree(cache_root(config(4).data) / "stores")  # the cache was cleared in between
     run_training(config(8, str(interrupted)), interrupted)
-    a = load_checkpoint(straight / "checkpoints" / "last.pt")["model"]
-    b = load_checkpoint(interrupted / "checkpoints" / "last.pt")["model"]
+    a = Checkpoint.load(straight / "checkpoints" / "last.pt").model
+    b = Checkpoint.load(interrupted / "checkpoints" / "last.pt").model
     for name, weight in a.items():
         assert torch.equal(weight, b[name]), name

@@ -10,20 +10,19 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 from helpers import PAIRS, tiny_config, toy_cli_overrides, write_lines
 
-from nmt.checkpoint import load_checkpoint, save_checkpoint
-from nmt.cli.train import with_the_runs_train_settings
+from nmt.checkpoint import Checkpoint
 from nmt.config import (
     ConfigError,
     TrainConfig,
 )
 from nmt.data.store import prepare_store
-from nmt.training.run import run_training
+from nmt.training.run import resume_point, run_training
+from nmt.training.stopping import StopSignals
 from nmt.training.trainer import Trainer
 
 BIN = Path(sys.executable).parent
@@ -36,9 +35,9 @@ def test_a_run_directory_holds_checkpoints_tensorboard_and_tokenizer(text_corpus
     assert (run / "checkpoints" / "last.pt").is_file() and (run / "checkpoints" / "best.pt").is_file()
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert (run / "tokenizer" / "joint.model").is_file()
-    last = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert {"model", "optimizer", "scheduler", "rng", "progress", "config", "tokenizer"} <= set(last)
-    assert last["progress"]["step"] == 12
+    last = Checkpoint.load(run / "checkpoints" / "last.pt")
+    assert last.training is not None and last.training.optimizer["state"] and "torch" in last.training.rng
+    assert last.progress.step == 12
 
 
 def test_resume_continues_exactly_where_the_run_stopped(text_corpus, tmp_path):
@@ -48,11 +47,11 @@ def test_resume_continues_exactly_where_the_run_stopped(text_corpus, tmp_path):
     run_training(tiny_config(text_corpus, max_steps=6), interrupted)
     progress = run_training(tiny_config(text_corpus, max_steps=12, resume=str(interrupted)), interrupted)
     assert progress.step == 12
-    a = load_checkpoint(straight / "checkpoints" / "last.pt")
-    b = load_checkpoint(interrupted / "checkpoints" / "last.pt")
-    assert a["progress"]["batch_in_epoch"] == b["progress"]["batch_in_epoch"]
-    for name, weight in a["model"].items():
-        torch.testing.assert_close(weight, b["model"][name], msg=name)
+    a = Checkpoint.load(straight / "checkpoints" / "last.pt")
+    b = Checkpoint.load(interrupted / "checkpoints" / "last.pt")
+    assert a.progress.batch_in_epoch == b.progress.batch_in_epoch
+    for name, weight in a.model.items():
+        torch.testing.assert_close(weight, b.model[name], msg=name)
 
 
 def sampled_config(text_corpus, **train):
@@ -80,13 +79,13 @@ def test_a_sampled_run_stopped_mid_epoch_resumes_onto_the_uninterrupted_weights(
     run_training(sampled_config(text_corpus, max_steps=14), straight)
     run_training(sampled_config(text_corpus, max_steps=5), interrupted)
     run_training(sampled_config(text_corpus, max_steps=14, resume=str(interrupted)), interrupted)
-    a = load_checkpoint(straight / "checkpoints" / "last.pt")
-    b = load_checkpoint(interrupted / "checkpoints" / "last.pt")
+    a = Checkpoint.load(straight / "checkpoints" / "last.pt")
+    b = Checkpoint.load(interrupted / "checkpoints" / "last.pt")
     position = ("step", "epoch", "batch_in_epoch")
-    assert a["progress"]["epoch"] >= 1
-    assert [a["progress"][key] for key in position] == [b["progress"][key] for key in position]
-    for name, weight in a["model"].items():
-        torch.testing.assert_close(weight, b["model"][name], msg=name)
+    assert a.progress.epoch >= 1
+    assert [getattr(a.progress, key) for key in position] == [getattr(b.progress, key) for key in position]
+    for name, weight in a.model.items():
+        torch.testing.assert_close(weight, b.model[name], msg=name)
 
 
 @pytest.mark.slow  # make test stays under 6 minutes on a slower 2-core machine
@@ -98,17 +97,17 @@ def test_a_checkpoint_of_the_unfused_optimizer_resumes_into_the_fused_one(text_c
     interrupted = tmp_path / "interrupted"
     run_training(tiny_config(text_corpus, max_steps=6), interrupted)
     last = interrupted / "checkpoints" / "last.pt"
-    payload = load_checkpoint(last)
-    assert payload["optimizer"]["param_groups"][0]["fused"] is True
-    for group in payload["optimizer"]["param_groups"]:
+    checkpoint = Checkpoint.load(last)
+    assert checkpoint.training.optimizer["param_groups"][0]["fused"] is True
+    for group in checkpoint.training.optimizer["param_groups"]:
         group["fused"] = False
-    save_checkpoint(payload, last)
+    checkpoint.save(last)
     run_training(tiny_config(text_corpus, max_steps=12, resume=str(interrupted)), interrupted)
-    a = load_checkpoint(straight / "checkpoints" / "last.pt")
-    b = load_checkpoint(last)
-    assert b["optimizer"]["param_groups"][0]["fused"] is True
-    for name, weight in a["model"].items():
-        assert torch.equal(weight, b["model"][name]), name
+    a = Checkpoint.load(straight / "checkpoints" / "last.pt")
+    b = Checkpoint.load(last)
+    assert b.training.optimizer["param_groups"][0]["fused"] is True
+    for name, weight in a.model.items():
+        assert torch.equal(weight, b.model[name]), name
 
 
 def test_a_constant_learning_rate_and_gateless_cells_train_and_resume(text_corpus, tmp_path):
@@ -122,8 +121,8 @@ def test_a_constant_learning_rate_and_gateless_cells_train_and_resume(text_corpu
     config.train.resume = str(run)
     progress = run_training(config, run)
     assert progress.step == 8
-    last = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert last["scheduler"] is None and last["optimizer"]["param_groups"][0]["lr"] == 0.003
+    last = Checkpoint.load(run / "checkpoints" / "last.pt")
+    assert last.training.scheduler is None and last.training.optimizer["param_groups"][0]["lr"] == 0.003
 
 
 @pytest.mark.slow  # make test stays under 6 minutes on a slower 2-core machine
@@ -137,13 +136,13 @@ def test_resume_keeps_the_runs_model_config_and_train_settings(text_corpus, tmp_
     changed = tiny_config(text_corpus)
     changed.model.embed_dim = 64  # ignored: the checkpoint's model is continued
     changed.train = TrainConfig(resume=str(run), max_steps=8)
-    resumed = with_the_runs_train_settings(
-        changed, [f"train.resume={run}", "train.max_steps=8", f"hydra.run.dir={run}"]
-    )
+    resumed, _ = resume_point(changed, run, [f"train.resume={run}", "train.max_steps=8", f"hydra.run.dir={run}"])
     assert (resumed.train.lr, resumed.train.batch_tokens, resumed.train.max_steps) == (0.003, 300, 8)
-    assert with_the_runs_train_settings(changed, [f"train.resume={run}", "experiment=multi30k_de_en"]) == changed
+    assert resumed.model.embed_dim == 16
+    given_all, _ = resume_point(changed, run, [f"train.resume={run}", "experiment=multi30k_de_en"])
+    assert given_all.train == changed.train
     assert run_training(resumed, run).step == 8
-    assert load_checkpoint(run / "checkpoints" / "last.pt")["config"]["model"]["embed_dim"] == 16
+    assert Checkpoint.load(run / "checkpoints" / "last.pt").config.model.embed_dim == 16
 
 
 @pytest.mark.slow  # the same through the command, two runs of it: ~23 s
@@ -159,8 +158,8 @@ def test_resume_goes_on_with_the_runs_train_settings_but_those_given(text_corpus
     output, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, output
     assert "resuming with the run's own train settings (" in output
-    train = load_checkpoint(run / "checkpoints" / "last.pt")["config"]["train"]
-    assert (train["lr"], train["batch_tokens"], train["max_steps"]) == (0.003, 300, 5)
+    train = Checkpoint.load(run / "checkpoints" / "last.pt").config.train
+    assert (train.lr, train.batch_tokens, train.max_steps) == (0.003, 300, 5)
 
 
 class FakeClock:
@@ -182,7 +181,7 @@ def test_max_minutes_stops_after_that_much_training_time(text_corpus, tmp_path, 
     config = tiny_config(text_corpus, max_steps=0, max_minutes=0.5, validate_every=0)
     progress = run_training(config, tmp_path / "run")
     assert 30 <= progress.train_seconds < 35
-    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["progress"]["step"] == progress.step
+    assert Checkpoint.load(tmp_path / "run" / "checkpoints" / "last.pt").progress.step == progress.step
 
 
 def nmt_train(*overrides: str, cwd: Path, env_extra: dict | None = None, **kwargs) -> subprocess.Popen:
@@ -260,13 +259,13 @@ def test_sigkill_mid_run_then_resume_finishes(text_corpus, tmp_path):
     time.sleep(0.5)
     process.send_signal(signal.SIGKILL)
     process.communicate()
-    killed_at = load_checkpoint(last)["progress"]["step"]
+    killed_at = Checkpoint.load(last).progress.step
     assert 0 < killed_at < 400
     resumed = nmt_train(*common, f"train.resume={run}", cwd=tmp_path)
     output, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, output
     assert f"resumed at step {killed_at}" in output
-    assert load_checkpoint(last)["progress"]["step"] == 400
+    assert Checkpoint.load(last).progress.step == 400
     assert (run / ".hydra" / "config.yaml").is_file()  # the original config is kept
     assert list((run / ".hydra").glob("resumed_*/config.yaml"))
 
@@ -307,20 +306,23 @@ def test_weight_averaging_saves_the_average_for_translation_and_resumes_exactly(
     nmt-translate loads), last.pt also the trained weights, and a resumed run continues both."""
     straight = tmp_path / "straight"
     run_training(tiny_config(text_corpus, max_steps=12, average_decay=0.9), straight)
-    last = load_checkpoint(straight / "checkpoints" / "last.pt")
-    averaged, trained = last["model"], last["trained_model"]
+    last = Checkpoint.load(straight / "checkpoints" / "last.pt")
+    averaged, trained = last.model, last.training.trained_model
     differs = [name for name in trained if not torch.equal(averaged[name], trained[name])]
     assert differs, "the average equals the trained weights: it was never applied"
-    best = load_checkpoint(straight / "checkpoints" / "best.pt")
-    assert "trained_model" not in best and set(best["model"]) == set(trained)
+    best = Checkpoint.load(straight / "checkpoints" / "best.pt")
+    assert best.training is None and set(best.model) == set(trained)
 
     interrupted = tmp_path / "interrupted"
     run_training(tiny_config(text_corpus, max_steps=6, average_decay=0.9), interrupted)
     run_training(tiny_config(text_corpus, max_steps=12, average_decay=0.9, resume=str(interrupted)), interrupted)
-    resumed = load_checkpoint(interrupted / "checkpoints" / "last.pt")
-    for key in ("model", "trained_model"):
-        for name, weight in last[key].items():
-            torch.testing.assert_close(weight, resumed[key][name], msg=f"{key}.{name}")
+    resumed = Checkpoint.load(interrupted / "checkpoints" / "last.pt")
+    for key, weights, resumed_weights in [
+        ("model", last.model, resumed.model),
+        ("trained_model", last.training.trained_model, resumed.training.trained_model),
+    ]:
+        for name, weight in weights.items():
+            torch.testing.assert_close(weight, resumed_weights[name], msg=f"{key}.{name}")
 
 
 def test_the_average_follows_its_formula():
@@ -348,7 +350,7 @@ def test_an_annealed_rate_falls_to_min_lr_and_resumes_on_the_same_fall(text_corp
     options = dict(max_steps=12, lr_decay_factor=1.0, lr_anneal=0.5, min_lr=1e-4)
     straight = tmp_path / "straight"
     run_training(tiny_config(text_corpus, **options), straight)
-    last = load_checkpoint(straight / "checkpoints" / "last.pt")
+    last = Checkpoint.load(straight / "checkpoints" / "last.pt")
     # The 12th update ran with 11/12 of the budget spent: 5/6 of the way down from 0.003 to 1e-4.
     assert last["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.003 + (1e-4 - 0.003) * 5 / 6)
 
@@ -358,9 +360,9 @@ def test_an_annealed_rate_falls_to_min_lr_and_resumes_on_the_same_fall(text_corp
         run_training(tiny_config(text_corpus, **options), interrupted)
     progress = run_training(tiny_config(text_corpus, **options, resume=str(interrupted)), interrupted)
     assert progress.step == 12
-    resumed = load_checkpoint(interrupted / "checkpoints" / "last.pt")
-    for name, weight in last["model"].items():
-        torch.testing.assert_close(weight, resumed["model"][name], msg=name)
+    resumed = Checkpoint.load(interrupted / "checkpoints" / "last.pt")
+    for name, weight in last.model.items():
+        torch.testing.assert_close(weight, resumed.model[name], msg=name)
 
 
 def test_annealing_and_plateau_decay_together_are_refused():
@@ -395,17 +397,17 @@ def test_a_signal_stops_training_after_a_step_and_the_resumed_run_equals_an_unin
     process.send_signal(stop_signal)
     output = started + process.communicate(timeout=120)[0]
     assert process.returncode == exit_code, output
-    step = load_checkpoint(run / "checkpoints" / "last.pt")["progress"]["step"]
+    step = Checkpoint.load(run / "checkpoints" / "last.pt").progress.step
     assert f"stopped at step {step} by {stop_signal.name}" in output and "Traceback" not in output
     resumed = nmt_train(*common, f"train.max_steps={step + 6}", f"train.resume={run}", cwd=tmp_path)
     assert resumed.communicate(timeout=300)[0].count(f"resumed at step {step}") == 1
     straight = tmp_path / "straight"
     assert nmt_train(*common, f"train.max_steps={step + 6}", f"hydra.run.dir={straight}", cwd=tmp_path).wait(300) == 0
-    a = load_checkpoint(run / "checkpoints" / "last.pt")
-    b = load_checkpoint(straight / "checkpoints" / "last.pt")
-    assert a["progress"]["step"] == b["progress"]["step"] == step + 6
-    for name, weight in b["model"].items():
-        assert torch.equal(a["model"][name], weight), name
+    a = Checkpoint.load(run / "checkpoints" / "last.pt")
+    b = Checkpoint.load(straight / "checkpoints" / "last.pt")
+    assert a.progress.step == b.progress.step == step + 6
+    for name, weight in b.model.items():
+        assert torch.equal(a.model[name], weight), name
 
 
 class InterruptedStream(io.StringIO):
@@ -430,25 +432,25 @@ def test_a_stop_signal_inside_a_log_write_is_announced_without_writing_into_that
     call" (a "--- Logging error ---" traceback in the run's output) or recursed."""
     stream = InterruptedStream()
     handler = logging.StreamHandler(stream)
-    trainer_log = logging.getLogger("nmt.training.trainer")
+    trainer_log = logging.getLogger("nmt.training.stopping")
     trainer_log.addHandler(handler)
-    trainer = SimpleNamespace(stop_signal=None)  # the one attribute the handler uses
+    stop_signals = StopSignals()
     try:
-        with Trainer._stop_on_signals(trainer):
+        with stop_signals.catching():
             trainer_log.warning("step 7")
             deadline = time.monotonic() + 10
             while "stopping after this step" not in stream.getvalue() and time.monotonic() < deadline:
                 time.sleep(0.01)
     finally:
         trainer_log.removeHandler(handler)
-    assert trainer.stop_signal == signal.SIGTERM
+    assert stop_signals.received == signal.SIGTERM
     assert "SIGTERM: stopping after this step" in stream.getvalue()
     assert stream.deepest == 1
 
 
 def test_a_nan_loss_skips_its_update_and_too_many_in_a_row_stop_training(text_corpus, tmp_path, monkeypatch):
     import nmt.training.loss
-    from nmt.training.trainer import TrainingDiverged
+    from nmt.training.stopping import TrainingDiverged
 
     real_loss = nmt.training.loss.sequence_loss
     calls = {"n": 0}
@@ -462,8 +464,8 @@ def test_a_nan_loss_skips_its_update_and_too_many_in_a_row_stop_training(text_co
     config = tiny_config(text_corpus, max_steps=8, validate_every=8)
     progress = run_training(config, tmp_path / "run")
     assert progress.step == 8 and progress.nonfinite_total == 2 and progress.nonfinite_in_a_row == 0
-    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
-    assert all(torch.isfinite(weight).all() for weight in last["model"].values())
+    last = Checkpoint.load(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert all(torch.isfinite(weight).all() for weight in last.model.values())
 
     monkeypatch.setattr(
         nmt.training.loss, "sequence_loss", lambda *a, **k: [x * float("nan") for x in real_loss(*a, **k)]

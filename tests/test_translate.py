@@ -1,13 +1,14 @@
 import itertools
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from helpers import PAIRS
 
-from nmt.checkpoint import save_checkpoint
+from nmt.checkpoint import Checkpoint
 from nmt.config import Config, DataConfig, DecoderConfig, EncoderConfig, ModelConfig, SearchOptions
 from nmt.data.tokenizer import Tokenizer
 from nmt.model.seq2seq import build_model
@@ -29,12 +30,12 @@ def checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(3)
     model = build_model(config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
     path = tmp_path_factory.mktemp("run") / "checkpoints" / "best.pt"
-    save_checkpoint({"config": config.to_dict(), "tokenizer": tokenizer.state(), "model": model.state_dict()}, path)
+    Checkpoint(config, tokenizer, model.state_dict()).save(path)
     return path
 
 
 def test_loading_gives_the_checkpoints_weights_without_drawing_random_ones(checkpoint):
-    saved = torch.load(checkpoint, weights_only=True)["model"]
+    saved = Checkpoint.load(checkpoint).model
     rng = torch.get_rng_state()
     model, _, _ = load_model(checkpoint, "cpu")
     # Construction's random fills are skipped (they cost ~0.3 s of every start), so the generator
@@ -45,7 +46,7 @@ def test_loading_gives_the_checkpoints_weights_without_drawing_random_ones(check
     for name, weight in saved.items():
         assert torch.equal(loaded[name], weight), name
     # The fills are skipped only while loading: a model built afterwards is random again.
-    config = Config.from_dict(torch.load(checkpoint, weights_only=True)["config"])
+    config = Checkpoint.load(checkpoint).config
     fresh = build_model(config.model, model.encoder.embed.num_embeddings, model.decoder.embed.num_embeddings)
     assert not torch.equal(fresh.decoder.embed.weight, model.decoder.embed.weight)
     assert fresh.decoder.embed.weight.abs().max() <= config.model.init_range
@@ -187,7 +188,7 @@ def test_an_unwritable_output_is_one_line_and_an_old_output_survives_a_failure(c
 def test_a_checkpoint_with_torchs_weight_names_in_its_cells_still_loads(checkpoint, tmp_path):
     """Checkpoints written before the cells held their products as nn.Linear children name the
     weights as torch.nn.LSTM does (weight_ih, bias_hh, ...)."""
-    payload = torch.load(checkpoint, weights_only=True)
+    loaded_checkpoint = Checkpoint.load(checkpoint)
     renames = {
         "input_proj.weight": "weight_ih",
         "input_proj.bias": "bias_ih",
@@ -195,7 +196,7 @@ def test_a_checkpoint_with_torchs_weight_names_in_its_cells_still_loads(checkpoi
         "hidden_proj.bias": "bias_hh",
     }
     old = {}
-    for name, weight in payload["model"].items():
+    for name, weight in loaded_checkpoint.model.items():
         prefix, _, rest = name.partition(".cells.")
         for new_name, old_name in renames.items():
             if rest.endswith(new_name):
@@ -203,9 +204,9 @@ def test_a_checkpoint_with_torchs_weight_names_in_its_cells_still_loads(checkpoi
         old[name] = weight
     assert "decoder.rnn.cells.0.weight_ih" in old
     path = tmp_path / "old.pt"
-    save_checkpoint({**payload, "model": old}, path)
+    replace(loaded_checkpoint, model=old).save(path)
     loaded, _, _ = load_model(path, "cpu")
-    for name, weight in payload["model"].items():
+    for name, weight in loaded_checkpoint.model.items():
         assert torch.equal(loaded.state_dict()[name], weight), name
 
 

@@ -14,7 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
-from nmt.checkpoint import CheckpointError, average_checkpoints, save_checkpoint, step_checkpoints
+from nmt.checkpoint import CheckpointError, average_checkpoints, step_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         paths = checkpoints_of(args)
         if not args.output.parent.is_dir():
             raise CheckpointError(f"output directory {args.output.parent} does not exist")
-        payload = average_checkpoints(paths)
-        save_checkpoint(payload, args.output)
+        average_checkpoints(paths).save(args.output)
     except CheckpointError as error:
         print(f"nmt-average: {error}", file=sys.stderr)
         return 2

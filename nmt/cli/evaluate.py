@@ -19,10 +19,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from nmt.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+from nmt.checkpoint import CheckpointError, resolve_checkpoint
 from nmt.cli.options import add_option_flags, options_from_args
-from nmt.config import Config, InferenceOptions, SearchOptions
-from nmt.data.corpus import DataError, load_split, read_lines, split_source
+from nmt.config import InferenceOptions, SearchOptions
+from nmt.data.corpus import DataError, read_lines
+from nmt.evaluation import corpus_split, language_pair, sacrebleu_testset
 from nmt.scoring import Score, corpus_scores
 from nmt.translation import Translator
 
@@ -80,25 +81,6 @@ def evaluate_model(
 def _results_dir(checkpoint: Path) -> Path:
     run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
     return run_dir / "results"
-
-
-def corpus_split(checkpoint: Path, split: str, source: str | None) -> tuple[list[str], list[str]]:
-    """Sources and references of a split of the corpus the checkpoint was trained on (or of
-    `source`): only that split is read."""
-    config = Config.from_dict(load_checkpoint(checkpoint)["config"]).data
-    text = load_split(split_source(config, split, source))
-    return text.src, text.tgt
-
-
-def sacrebleu_testset(name: str, langpair: str) -> tuple[list[str], list[str]]:
-    """A sacrebleu test set (downloaded by sacrebleu into its cache on first use)."""
-    from sacrebleu.utils import get_reference_files, get_source_file
-
-    try:
-        source, reference = get_source_file(name, langpair), get_reference_files(name, langpair)[0]
-    except Exception as error:  # sacrebleu raises plain exceptions or exits for unknown sets
-        raise ValueError(f"sacrebleu test set {name!r} ({langpair}) is not available: {error}") from None
-    return read_lines(Path(source)), read_lines(Path(reference))
 
 
 def format_table(evaluations: list[Evaluation]) -> str:
@@ -173,7 +155,7 @@ def evaluations(args: argparse.Namespace) -> list[Evaluation]:
             sources, references = corpus_split(checkpoint, args.split, args.source)
             split = args.split
         elif args.testset:
-            sources, references = sacrebleu_testset(args.testset, args.langpair or _langpair(checkpoint))
+            sources, references = sacrebleu_testset(args.testset, args.langpair or language_pair(checkpoint))
             split = args.testset
         else:
             sources, references = read_lines(Path(args.src)), read_lines(Path(args.ref))
@@ -182,11 +164,6 @@ def evaluations(args: argparse.Namespace) -> list[Evaluation]:
             raise ValueError(f"{len(sources)} source lines but {len(references)} references")
         results.append(evaluate_model(checkpoints, sources, references, split, args))
     return results
-
-
-def _langpair(checkpoint: Path) -> str:
-    data = load_checkpoint(checkpoint)["config"]["data"]
-    return f"{data['src_lang']}-{data['tgt_lang']}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ import logging
 import shutil
 import sys
 import tempfile
-from dataclasses import fields, is_dataclass, replace
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -24,11 +24,10 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from nmt.checkpoint import LAST, CheckpointError, load_checkpoint
+from nmt.checkpoint import CheckpointError
 from nmt.config import (
     Config,
     ConfigError,
-    TrainConfig,
     register_configs,
     to_config,
 )
@@ -46,8 +45,8 @@ from nmt.training.distributed import (
     resolve_processes,
     under_launcher,
 )
-from nmt.training.run import PeerError, run_training
-from nmt.training.trainer import TrainingDiverged, TrainingStopped
+from nmt.training.run import PeerError, resume_point, run_training
+from nmt.training.stopping import TrainingDiverged, TrainingStopped
 
 log = logging.getLogger(__name__)
 
@@ -65,55 +64,25 @@ def _hydra_subdir_resolver(resume: str | None, now: str) -> str:
     return f".hydra/resumed_{now}" if resume else ".hydra"
 
 
-def given_train_keys(overrides: list[str]) -> frozenset[str] | None:
-    """The train settings a command line gives one by one (`train.lr=...`); None where it names a
-    train preset or a recipe (`train=quick`, `experiment=...`), which gives them all."""
-    keys = [override.lstrip("+~").split("=", 1)[0] for override in overrides]
-    if any(key in ("train", "experiment") for key in keys):
-        return None
-    return frozenset(key.split(".")[1] for key in keys if key.startswith("train."))
-
-
-def resumed_train_config(saved: TrainConfig, current: TrainConfig, given: frozenset[str]) -> TrainConfig:
-    """The run's own train settings (its budget, schedule and batches) but for those given."""
-    given = given | {"resume"}
-    differing = [
-        f.name
-        for f in fields(TrainConfig)
-        if f.name not in given and getattr(saved, f.name) != getattr(current, f.name)
-    ]
-    if differing:
-        log.info("resuming with the run's own train settings (%s as it was started)", ", ".join(differing))
-    return replace(saved, **{name: getattr(current, name) for name in given})
-
-
-def with_the_runs_train_settings(config: Config, overrides: list[str]) -> Config:
-    """`nmt-train train.resume=RUN` goes on with RUN's train settings, not the defaults: only the
-    train keys this command line gives change (e.g. `train.max_steps` to train longer)."""
-    given = given_train_keys(overrides)
-    if given is None:
-        return config
-    saved = Config.from_dict(load_checkpoint(Path(config.train.resume) / "checkpoints" / LAST)["config"])
-    return replace(config, train=resumed_train_config(saved.train, config.train, given))
-
-
 def _train(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     ranks = Ranks.from_environment()
     if not ranks.is_main:
         logging.getLogger().setLevel(logging.WARNING)  # rank 0 speaks for the job
     try:
-        config = to_config(cfg)
-        if config.train.resume:
-            config = with_the_runs_train_settings(config, HydraConfig.get().overrides.task)
-        if not under_launcher() and _processes(config) > 1:
-            if not config.train.resume:  # a resumed run reads the data source it was started with
+        config, overrides = to_config(cfg), list(HydraConfig.get().overrides.task)
+        if under_launcher():  # one rank of the job: it reads last.pt itself
+            run_training(config, run_dir, overrides)
+            return
+        config, resumed = resume_point(config, run_dir, overrides)
+        if _processes(config) > 1:
+            if resumed is None:  # a resumed run reads the data source it was started with
                 # One message in seconds, before the processes start.
                 for source in [config.data.source, *(corpus.source for corpus in config.data.corpora.values())]:
                     check_source(source)
             _launch(config, run_dir)
         else:
-            run_training(config, run_dir)
+            run_training(config, run_dir, resumed=resumed)
     except (ConfigError, DataError, TokenizerError, CheckpointError) as error:
         log.error("%s", error)
         sys.exit(2)

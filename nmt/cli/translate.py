@@ -72,15 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     out_path = Path(args.output) if args.output else None
     tmp_path = out_path.with_name(f".{out_path.name}.partial") if out_path else None
     try:
-        search_options = replace(options_from_args(SearchOptions, args), return_attention=args.attention is not None)
-        translator = Translator.load(args.checkpoints, search_options, options_from_args(InferenceOptions, args))
-        # Opened here, closed by the `with` below: a missing input or output directory is one line.
-        source = open(args.input, "rb") if args.input else sys.stdin.buffer  # noqa: SIM115
-        total = _count_lines(args.input) if args.input else None
+        # Inputs and outputs first: a missing file is one line before any model is loaded.
+        source, total = _open_input(args.input)
         if out_path and not out_path.parent.is_dir():
             raise OSError(f"output directory {out_path.parent} does not exist (for -o {out_path})")
         if out_path and out_path.is_dir():
             raise OSError(f"-o {out_path} is a directory; give a file name")
+        search_options = replace(options_from_args(SearchOptions, args), return_attention=args.attention is not None)
+        translator = Translator.load(args.checkpoints, search_options, options_from_args(InferenceOptions, args))
         out = open(tmp_path, "w", encoding="utf-8") if tmp_path else sys.stdout  # noqa: SIM115
     except (ValueError, CheckpointError, RuntimeError, OSError) as error:
         print(f"nmt-translate: {error}", file=sys.stderr)
@@ -207,9 +206,16 @@ def _write_gates(translator: Translator, sentence: str, directory: Path) -> None
     write_inspection(translation, layers, sentence, directory)
 
 
-def _count_lines(path: str) -> int:
-    with open(path, "rb") as stream:
-        return sum(1 for _ in stream)
+def _open_input(path: str | None) -> tuple[io.BufferedIOBase, int | None]:
+    """The input stream (closed by main's `with`) and its line count (None for stdin)."""
+    if not path:
+        return sys.stdin.buffer, None
+    try:
+        with open(path, "rb") as stream:
+            total = sum(1 for _ in stream)
+        return open(path, "rb"), total
+    except OSError as error:
+        raise OSError(f"-i {path}: {error.strerror or error}") from None
 
 
 if __name__ == "__main__":

@@ -10,21 +10,25 @@ ranks (nmt/training/validation.py).
 from __future__ import annotations
 
 import logging
-import math
 import signal
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass
+from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from nmt.checkpoint import BEST, LAST, save_checkpoint, step_checkpoint_name, step_checkpoints
+from nmt.checkpoint import (
+    BEST,
+    LAST,
+    Checkpoint,
+    Progress,
+    TrainingState,
+    step_checkpoint_name,
+    step_checkpoints,
+)
 from nmt.config import LONG_EPOCH_STEPS, Config, TrainConfig
 from nmt.data.arrays import TokenPairs
 from nmt.data.batching import EpochBatches, collate, make_batcher
@@ -35,56 +39,12 @@ from nmt.model.seq2seq import Seq2Seq, build_model, count_parameters
 from nmt.training.averaging import WeightAverage
 from nmt.training.distributed import Ranks, all_sum, split_batch
 from nmt.training.loss import TeacherForcedLoss
-from nmt.training.schedule import annealed_lr, budget_used
+from nmt.training.optimization import Optimization
+from nmt.training.reporting import TrainingReport
+from nmt.training.stopping import StopSignals, TrainingStopped, limit_reached
 from nmt.training.validation import Validator
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Progress:
-    """Where training stands; saved in every checkpoint so a resumed run picks up exactly here."""
-
-    step: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0  # batches of `epoch` already trained on
-    best_bleu: float = -1.0
-    validations_since_best: int = 0  # for early stopping (train.patience)
-    train_seconds: float = 0.0  # wall time spent training, summed over resumes
-    tgt_tokens: int = 0
-    nonfinite_in_a_row: int = 0  # updates skipped for a NaN or inf gradient, since the last good one
-    nonfinite_total: int = 0
-
-
-class ThroughputMeter:
-    """Mean training loss per target token and target tokens per second since the last reset."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.loss, self.tokens, self.started = 0.0, 0, time.monotonic()
-
-    def add(self, loss_sum: float, tokens: int) -> None:
-        self.loss += loss_sum
-        self.tokens += tokens
-
-    def read(self) -> tuple[float, float]:
-        seconds = max(time.monotonic() - self.started, 1e-9)
-        return self.loss / max(self.tokens, 1), self.tokens / seconds
-
-
-class TrainingStopped(Exception):
-    """SIGINT or SIGTERM stopped training after a step; last.pt holds that step."""
-
-    def __init__(self, signal_number: int, step: int) -> None:
-        super().__init__(f"stopped at step {step} by {signal.Signals(signal_number).name}")
-        self.signal_number = signal_number
-        self.exit_code = 128 + signal_number  # 130 for Ctrl-C, 143 for SIGTERM, as a shell reports them
-
-
-class TrainingDiverged(RuntimeError):
-    """Too many updates in a row had a NaN or inf gradient (train.max_nonfinite_steps)."""
 
 
 class Trainer:
@@ -110,15 +70,16 @@ class Trainer:
         self.model.to(device)
         self.loss = TeacherForcedLoss(self.model, self.precision, device)
         self.objective = self._training_objective()
-        self._build_optimizer()
+        self.optimization = Optimization(self.model, config.train, device)
+        decay = config.train.average_decay
+        self.average = WeightAverage(self.model, decay) if decay else None
         self._train_texts: tuple[list[str], list[str]] | None = None  # read for subword sampling only
         self._use_train_pairs(store.train)
         self.validator = Validator(self.loss, tokenizer, store.validation, self.train_config, ranks)
         self.validated_step = -1
         self.progress = Progress()
-        self.stop_signal: int | None = None  # SIGINT or SIGTERM received: stop after this step
-        self.meter = ThroughputMeter()
-        self.writer = SummaryWriter(str(run_dir / "tensorboard")) if ranks.is_main else None
+        self.stop_signals = StopSignals()
+        self.report = TrainingReport(run_dir, ranks.is_main)
         log.info(
             "model: %s parameters; precision %s; %d training process%s of %d thread%s",
             f"{count_parameters(self.model):,}",
@@ -140,25 +101,6 @@ class Trainer:
             device_ids=[self.device.index] if self.device.type == "cuda" else None,
             gradient_as_bucket_view=True,
         )
-
-    def _build_optimizer(self) -> None:
-        """Adam, the weight average (train.average_decay) and the plateau scheduler."""
-        # torch's fused Adam makes one pass over each weight where the default makes a dozen
-        # elementwise ones: 57 -> 17 ms per update of the reference model on one thread.
-        fused = self.device.type in ("cpu", "cuda")
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.train_config.lr, fused=fused)
-        decay = self.train_config.average_decay
-        self.average = WeightAverage(self.model, decay) if decay else None
-        # lr_decay_factor 1.0 means a constant rate (torch's plateau scheduler refuses factor 1).
-        self.scheduler = None
-        if self.train_config.lr_decay_factor < 1.0:
-            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                self.optimizer,
-                mode="min",
-                factor=self.train_config.lr_decay_factor,
-                patience=self.train_config.lr_patience,
-                min_lr=self.train_config.min_lr,
-            )
 
     def _use_train_pairs(self, pairs: TokenPairs) -> None:
         """Train on `pairs` (the store's, or an epoch's sampled segmentations of them): arrays of
@@ -192,28 +134,25 @@ class Trainer:
             return self.train_config.validate_every
         return LONG_EPOCH_STEPS if batches_per_epoch > LONG_EPOCH_STEPS else 0
 
-    def _record(self, tag: str, value: float, step: int) -> None:
-        if self.writer is not None:
-            self.writer.add_scalar(tag, value, step)
-
     # --- checkpoints -------------------------------------------------------------------------
-    def _payload(self, full: bool) -> dict:
-        # "model" is what translation uses: the averaged weights when averaging is on.
-        payload = {
-            "config": self.config.to_dict(),
-            "tokenizer": self.tokenizer.state(),
-            "model": self.model.state_dict() if self.average is None else self.average.state_dict(self.model),
-            "progress": asdict(self.progress),
-        }
+    def checkpoint(self, full: bool) -> Checkpoint:
+        """The run as it stands; `full`: with what resuming needs (last.pt). Its `model` is what
+        translation uses: the averaged weights when averaging is on."""
+        average = self.average
+        model = self.model.state_dict() if average is None else average.state_dict(self.model)
+        training = None
         if full:
-            if self.average is not None:
-                payload["trained_model"] = self.model.state_dict()  # where the optimizer goes on from
-            payload["optimizer"] = self.optimizer.state_dict()
-            payload["scheduler"] = None if self.scheduler is None else self.scheduler.state_dict()
-            payload["rng"] = {"torch": torch.get_rng_state()}
+            rng = {"torch": torch.get_rng_state()}
             if torch.cuda.is_available():
-                payload["rng"]["cuda"] = torch.cuda.get_rng_state_all()
-        return payload
+                rng["cuda"] = torch.cuda.get_rng_state_all()
+            optimizer, scheduler = self.optimization.state()
+            training = TrainingState(
+                optimizer=optimizer,
+                scheduler=scheduler,
+                rng=rng,
+                trained_model=None if average is None else self.model.state_dict(),
+            )
+        return Checkpoint(self.config, self.tokenizer, model, replace(self.progress), training)
 
     def save(self, best: bool = False, validated: bool = False) -> None:
         """Rank 0 writes; the other ranks hold the same weights and state. At a validation with
@@ -221,32 +160,28 @@ class Trainer:
         them (what `nmt-average RUN --last K` averages)."""
         if not self.ranks.is_main:
             return
-        save_checkpoint(self._payload(full=True), self.checkpoint_dir / LAST)
+        self.checkpoint(full=True).save(self.checkpoint_dir / LAST)
         if best:
-            save_checkpoint(self._payload(full=False), self.checkpoint_dir / BEST)
+            self.checkpoint(full=False).save(self.checkpoint_dir / BEST)
         keep = self.train_config.keep_checkpoints
         if validated and keep:
-            save_checkpoint(self._payload(full=False), self.checkpoint_dir / step_checkpoint_name(self.progress.step))
+            self.checkpoint(full=False).save(self.checkpoint_dir / step_checkpoint_name(self.progress.step))
             for old in step_checkpoints(self.checkpoint_dir)[:-keep]:
                 old.unlink(missing_ok=True)
 
-    def restore(self, payload: dict) -> None:
-        """Continue from a `last.pt` payload: weights, optimizer, scheduler, RNG, data position."""
-        self.model.load_state_dict(payload.get("trained_model", payload["model"]))
+    def restore(self, checkpoint: Checkpoint) -> None:
+        """Continue from a run's last.pt: weights, optimizer, scheduler, RNG, data position."""
+        training = checkpoint.training
+        assert training is not None, "load_for_resume checks that last.pt holds the training state"
+        self.model.load_state_dict(training.trained_model or checkpoint.model)
         if self.average is not None:
             # A run that was not averaging starts its average from the weights it resumes with.
-            self.average.load(payload["model"], updates=payload["progress"]["step"])
-        # The saved groups carry the saving run's `fused` flag: this run's decides (and where the
-        # step counters live).
-        saved = payload["optimizer"]
-        groups = [{**group, "fused": self.optimizer.defaults["fused"]} for group in saved["param_groups"]]
-        self.optimizer.load_state_dict({**saved, "param_groups": groups})
-        if self.scheduler is not None and payload.get("scheduler") is not None:
-            self.scheduler.load_state_dict(payload["scheduler"])
-        torch.set_rng_state(payload["rng"]["torch"])
-        if "cuda" in payload["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
-        self.progress = Progress(**payload["progress"])
+            self.average.load(checkpoint.model, updates=checkpoint.progress.step)
+        self.optimization.load(training)
+        torch.set_rng_state(training.rng["torch"])
+        if "cuda" in training.rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(training.rng["cuda"])
+        self.progress = replace(checkpoint.progress)
         log.info(
             "resumed at step %d (epoch %d, batch %d), best BLEU %.2f",
             self.progress.step,
@@ -257,20 +192,13 @@ class Trainer:
 
     # --- the loop ----------------------------------------------------------------------------
     def limit_reached(self) -> bool:
-        """Whether a stopping rule of the config holds (steps, epochs, minutes, patience)."""
-        cfg, progress = self.train_config, self.progress
-        return bool(
-            (cfg.max_steps and progress.step >= cfg.max_steps)
-            or (cfg.max_epochs and progress.epoch >= cfg.max_epochs)
-            or (cfg.max_minutes and progress.train_seconds >= cfg.max_minutes * 60)
-            or (cfg.patience and progress.validations_since_best >= cfg.patience)
-        )
+        return limit_reached(self.train_config, self.progress)
 
     def train(self) -> Progress:
         """Train until a limit is reached; the final weights are validated and saved."""
         progress = self.progress
         self._started, self._seconds_before = time.monotonic(), progress.train_seconds
-        with self._stop_on_signals():
+        with self.stop_signals.catching():
             while not self.limit_reached():
                 batches = self.epoch_batches(progress.epoch)
                 validate_every = self._validate_every(len(batches))
@@ -290,8 +218,7 @@ class Trainer:
             progress.train_seconds / 60,
             progress.best_bleu,
         )
-        if self.writer is not None:
-            self.writer.close()
+        self.report.close()
         return progress
 
     def _run_epoch(self, batches: EpochBatches, validate_every: int) -> None:
@@ -307,10 +234,10 @@ class Trainer:
         ) as bar:
             for indices in batches[progress.batch_in_epoch :]:
                 if cfg.lr_anneal:
-                    self._set_lr(progress.epoch + progress.batch_in_epoch / len(batches))
+                    self.optimization.anneal(progress, progress.epoch + progress.batch_in_epoch / len(batches))
                 loss_sum, tokens = self.train_step(indices)
                 seconds = self._seconds_before + time.monotonic() - self._started
-                stop = float(self.stop_signal or 0)
+                stop = float(self.stop_signals.received or 0)
                 if self.ranks.distributed:
                     # Every rank takes rank 0's clock, so that a time limit stops all at one step,
                     # and any rank's stop signal, so that a stop does too.
@@ -320,10 +247,10 @@ class Trainer:
                 progress.batch_in_epoch += 1
                 progress.tgt_tokens += tokens
                 progress.train_seconds = seconds
-                self.meter.add(loss_sum, tokens)
+                self.report.meter.add(loss_sum, tokens)
                 bar.update(1)
                 if progress.step % cfg.log_every == 0:
-                    self._log_train(bar)
+                    self.report.training(progress, self.optimization.lr, bar)
                 if self.limit_reached():
                     return
                 if validate_every and progress.step % validate_every == 0:
@@ -331,37 +258,11 @@ class Trainer:
                 elif cfg.save_every and progress.step % cfg.save_every == 0:
                     self.save()
                 if stop:
-                    self._stop(self.stop_signal or signal.SIGTERM)
-
-    @contextmanager
-    def _stop_on_signals(self) -> Iterator[None]:
-        """Inside the block, SIGINT (Ctrl-C) and SIGTERM (schedulers, preemption) stop training
-        after the current step with last.pt written; a second Ctrl-C stops at once."""
-        if threading.current_thread() is not threading.main_thread():
-            yield  # signal handlers belong to the main thread
-            return
-
-        def request_stop(number: int, frame) -> None:
-            if self.stop_signal is not None and number == signal.SIGINT:
-                raise KeyboardInterrupt
-            self.stop_signal = number
-            # Logged from a thread: the handler may run inside this thread's own write of a log
-            # line (a write to a full pipe is interrupted), and writing there again raises or
-            # recurses; the thread waits for the handler's lock instead.
-            message = "%s: stopping after this step (Ctrl-C again stops at once)"
-            threading.Thread(target=log.warning, args=(message, signal.Signals(number).name), daemon=True).start()
-
-        previous = {number: signal.signal(number, request_stop) for number in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for number, handler in previous.items():
-                signal.signal(number, handler)
+                    self._stop(self.stop_signals.received or signal.SIGTERM)
 
     def _stop(self, signal_number: int) -> None:
         self.save()
-        if self.writer is not None:
-            self.writer.flush()
+        self.report.flush()
         step = self.progress.step
         if self.ranks.is_main:
             log.warning(
@@ -372,22 +273,12 @@ class Trainer:
             )
         raise TrainingStopped(signal_number, step)
 
-    def _set_lr(self, epoch_progress: float) -> None:
-        """The annealed rate of the coming update, from the budget spent so far (so a resumed run
-        continues the same fall)."""
-        cfg, progress = self.train_config, self.progress
-        used = budget_used(
-            progress.step, progress.train_seconds, epoch_progress, cfg.max_steps, cfg.max_minutes, cfg.max_epochs
-        )
-        for group in self.optimizer.param_groups:
-            group["lr"] = annealed_lr(cfg.lr, cfg.min_lr, cfg.lr_anneal, used)
-
     def train_step(self, indices: np.ndarray) -> tuple[float, int]:
         """One update on the training pairs `indices` -> (this rank's loss sum, the batch's
         target tokens)."""
         tokens = int(self.tgt_lengths[indices].sum()) + len(indices)  # target tokens, eos included
         loss_sum = self.backward(indices, tokens)
-        self._update(indices)
+        self.optimization.update(self.progress, indices)
         if self.average is not None:
             self.average.update(self.model)
         return loss_sum, tokens
@@ -407,7 +298,7 @@ class Trainer:
                 # Dropout draws of its own (rank 0's seed would repeat rank 0's masks), a function
                 # of the step so that a resumed run draws what the whole run would have.
                 torch.manual_seed(self.train_config.seed + 7919 * ranks.rank + 104729 * self.progress.step)
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimization.zero_grad()
         batch = None
         if len(indices):
             pairs = self.train_pairs
@@ -418,53 +309,6 @@ class Trainer:
         (loss_sum * (ranks.world_size / batch_tokens)).backward()
         return loss_sum.item()
 
-    def _update(self, indices: np.ndarray) -> None:
-        """Clip and step, unless the gradient holds a NaN or inf (a bad batch, an overflow): then
-        the update is skipped and counted, and too many in a row stop training. Every rank sees
-        the same summed gradient, so every rank decides alike."""
-        cfg, progress = self.train_config, self.progress
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm or math.inf)
-        if torch.isfinite(norm):
-            self.optimizer.step()
-            progress.nonfinite_in_a_row = 0
-            return
-        self.optimizer.zero_grad(set_to_none=True)
-        progress.nonfinite_in_a_row += 1
-        progress.nonfinite_total += 1
-        log.warning(
-            "step %d: the gradient holds NaN or inf; update skipped (%d in a row, %d in all); the batch: "
-            "%d training pairs, the first %s",
-            progress.step + 1,
-            progress.nonfinite_in_a_row,
-            progress.nonfinite_total,
-            len(indices),
-            np.asarray(indices[:5]).tolist(),
-        )
-        if progress.nonfinite_in_a_row >= cfg.max_nonfinite_steps:
-            raise TrainingDiverged(
-                f"{progress.nonfinite_in_a_row} updates in a row had a NaN or inf gradient (at step "
-                f"{progress.step + 1}): training stopped. Lower train.lr, keep train.clip_norm on, or use fp32; "
-                f"last.pt holds the last good state"
-            )
-
-    def _log_train(self, bar: tqdm) -> None:
-        loss, tokens_per_s = self.meter.read()
-        self.meter.reset()
-        step, lr = self.progress.step, self.optimizer.param_groups[0]["lr"]
-        self._record("train/loss", loss, step)
-        self._record("train/lr", lr, step)
-        self._record("train/tokens_per_s", tokens_per_s, step)
-        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:.0f}")
-        log.info(
-            "step %d epoch %d: loss %.3f, lr %.2g, %.0f target tokens/s, %.1f min",
-            step,
-            self.progress.epoch + 1,
-            loss,
-            lr,
-            tokens_per_s,
-            self.progress.train_seconds / 60,
-        )
-
     # --- validation --------------------------------------------------------------------------
     def _averaged(self):
         """Inside this block the model holds the weights that validation and best.pt judge."""
@@ -473,15 +317,8 @@ class Trainer:
     def _validate_and_save(self) -> None:
         with self._averaged():
             result = self.validator.validate()
-        step = self.validated_step = self.progress.step
-        minutes = self.progress.train_seconds / 60
-        for name in ("loss", "ppl", "bleu"):
-            self._record(f"valid/{name}", result[name], step)
-        self._record("valid/train_minutes", minutes, step)
-        if self.writer is not None:
-            self.writer.flush()
-        if self.scheduler is not None:
-            self.scheduler.step(result["loss"])
+        self.validated_step = self.progress.step
+        self.optimization.validated(result["loss"])
         finite = all(bool(torch.isfinite(weight).all()) for weight in self.model.parameters())
         if not finite:
             log.error("the weights hold NaN or inf at step %d: best.pt is not written", self.progress.step)
@@ -492,17 +329,7 @@ class Trainer:
         else:
             self.progress.validations_since_best += 1
         self.save(best=improved, validated=True)
-        if self.writer is not None:
+        if self.report.writer is not None:
             with self._averaged():
-                self.validator.plot(self.writer, step)
-        self.meter.reset()  # validation time is not training time
-        log.info(
-            "validation at step %d (%.1f min): loss %.3f, ppl %.2f, BLEU %.2f%s (%s)",
-            step,
-            minutes,
-            result["loss"],
-            result["ppl"],
-            result["bleu"],
-            " (best)" if improved else "",
-            result["signature"],
-        )
+                self.validator.plot(self.report.writer, self.progress.step)
+        self.report.validation(result, self.progress, improved)
