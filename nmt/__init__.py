@@ -5,7 +5,7 @@
     translator = Translator.load("runs/multi30k_de_en/<time>", beam_size=5)
     translator.translate(["Ein Mann fährt Fahrrad."])
 
-Importing `nmt` (or `nmt.config`) does not import torch: the names below load on first use.
+Importing `nmt` (or `nmt.config`, `nmt.options`) does not import torch: the names below load on first use.
 """
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ __version__ = "0.2.0"
 __all__ = ["InferenceOptions", "SearchOptions", "Translation", "Translator", "__version__", "load_model"]
 
 if TYPE_CHECKING:
-    from nmt.config import InferenceOptions, SearchOptions
+    from nmt.options import InferenceOptions, SearchOptions
     from nmt.translation import Translation, Translator, load_model
 
 _HOMES = {
     "Translator": "nmt.translation",
     "Translation": "nmt.translation",
     "load_model": "nmt.translation",
-    "SearchOptions": "nmt.config",
-    "InferenceOptions": "nmt.config",
+    "SearchOptions": "nmt.options",
+    "InferenceOptions": "nmt.options",
 }
 
 

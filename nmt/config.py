@@ -3,10 +3,8 @@
 Hydra composes `conf/` on top of these dataclasses (registered as the schema `nmt_config`), so a
 misspelt key stops the run at start; the YAML presets hold only what they change. `to_config`
 turns the composed config into these dataclasses; their `__post_init__` checks values, so a bad
-value is reported in one line naming the key. `SearchOptions` and `InferenceOptions` are shared by
-validation, the Python API and the command lines, whose flags are generated from their fields
-(`nmt.cli.options`): the `help`, `flags` and `choices` of each field's metadata.
-The model, data and search code never see Hydra: they take plain arguments.
+value is reported in one line naming the key. The options of search and inference are
+`nmt.options`'s. The model, data and search code never see Hydra: they take plain arguments.
 """
 
 from __future__ import annotations
@@ -14,124 +12,23 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from nmt.options import (
+    DEVICES,
+    PRECISIONS,
+    ConfigError,
+    SearchOptions,
+    check,
+    check_choice,
+    check_positive,
+)
+
 ATTENTION_KINDS = ("none", "bahdanau", "luong_dot", "luong_general")
 CELL_KINDS = ("lstm", "peephole", "cifg", "gru", "rnn")  # nmt.model.cells registers one class per kind
 TOKENIZER_KINDS = ("unigram", "bpe")
 INIT_KINDS = ("uniform", "xavier", "pytorch")
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "bf16", "auto")
-QUANTIZE_KINDS = ("none", "int8")
 BATCHINGS = ("length", "source", "random")
-LENGTH_PENALTIES = ("none", "average", "gnmt")
-STOPPING_RULES = ("early", "exact")
-HARD_MAX_LEN = 512  # no output is longer, whatever max_len_a and max_len_b say
 LONG_EPOCH_STEPS = 2000  # train.validate_every=0 validates this often when an epoch is longer
 LONG_VALIDATION = 2000  # train.valid_bleu_sentences=0 samples a larger validation split down to this
-
-
-class ConfigError(ValueError):
-    """A configuration value a user gave is invalid; the message names the key and the fix."""
-
-
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
-
-
-def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
-    _check(value in choices, f"{key}={value!r} is not valid; choose one of: {', '.join(choices)}")
-
-
-def _check_positive(key: str, value: float, allow_zero: bool = False) -> None:
-    ok = value >= 0 if allow_zero else value > 0
-    _check(ok, f"{key}={value} must be {'>= 0' if allow_zero else '> 0'}")
-
-
-def option(default: Any, help: str, flags: tuple[str, ...] = (), choices: tuple[str, ...] = ()) -> Any:
-    """A field that the command lines offer as a flag (named after the field unless `flags`)."""
-    return field(default=default, metadata={"help": help, "flags": flags, "choices": choices})
-
-
-def internal(default: Any) -> Any:
-    """A field of the Python API that no command line offers."""
-    return field(default=default, metadata={"cli": False})
-
-
-@dataclass
-class SearchOptions:
-    """How hypotheses are searched: one set of options for validation, `Translator`,
-    `nmt-translate` and `nmt-evaluate`."""
-
-    beam_size: int = option(
-        5, "beam size (1: greedy); with --sample, the samples drawn per input", ("--beam", "--beam-size")
-    )
-    nbest: int = option(1, "keep the N best hypotheses per input (N <= beam size)")
-    # Without a length penalty, beam search prefers short outputs (docs/experiments.md).
-    length_penalty: str = option(
-        "average", "rank by log-prob (none), log-prob / length (average) or GNMT's penalty", choices=LENGTH_PENALTIES
-    )
-    alpha: float = option(0.6, "alpha of the gnmt length penalty")
-    # "early": a sentence stops once its nbest-th finished hypothesis scores at least as well as
-    # every live beam would if it ended at the next step (fairseq's rule); "exact": once no live
-    # beam could win at any length up to the limit.
-    stopping: str = option("early", "beam search: when a sentence stops", choices=STOPPING_RULES)
-    min_len: int = option(0, "no eos before this many pieces")
-    max_len_a: float = option(1.5, "output length limit: a * source length + b pieces")
-    max_len_b: int = option(10, "output length limit: a * source length + b pieces")
-    no_repeat_ngram: int = option(0, "never repeat an n-gram of this size within a hypothesis (0: off)")
-    sample: bool = option(False, "draw every piece at random from the model's distribution instead of searching")
-    temperature: float = option(1.0, "sampling: divide the logits by this (< 1: sharper, > 1: flatter)")
-    top_k: int = option(0, "sampling: draw among the k most probable pieces only (0: all)")
-    top_p: float = option(1.0, "sampling: draw among the most probable pieces that hold this much probability")
-    seed: int = option(0, "sampling: the seed; the same seed, input and batches give the same samples")
-    max_len_cap: int = internal(HARD_MAX_LEN)
-    return_attention: bool = internal(False)  # each hypothesis carries its attention weights
-
-    def __post_init__(self) -> None:
-        _check(self.beam_size >= 1, f"beam_size={self.beam_size} must be >= 1")
-        _check(
-            1 <= self.nbest <= self.beam_size,
-            f"nbest={self.nbest} must be between 1 and the beam size ({self.beam_size})",
-        )
-        _check_choice("length_penalty", self.length_penalty, LENGTH_PENALTIES)
-        _check_choice("stopping", self.stopping, STOPPING_RULES)
-        for key in ("min_len", "max_len_b", "no_repeat_ngram", "top_k", "alpha"):
-            _check_positive(key, getattr(self, key), allow_zero=True)
-        _check_positive("max_len_a", self.max_len_a, allow_zero=True)
-        _check(self.max_len_cap >= 1, f"max_len_cap={self.max_len_cap} must be >= 1")
-        _check(self.no_repeat_ngram != 1, "no_repeat_ngram=1 would forbid every repeated piece; use 2 or more (0: off)")
-        _check(self.temperature > 0, f"temperature={self.temperature} must be > 0")
-        _check(0.0 < self.top_p <= 1.0, f"top_p={self.top_p} must be in (0, 1]")
-        sampling_only = {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
-        changed = [key for key, neutral in sampling_only.items() if getattr(self, key) != neutral]
-        _check(self.sample or not changed, f"{', '.join(changed)} only apply with sample=true (--sample)")
-
-
-@dataclass
-class InferenceOptions:
-    """Where and how a Translator runs: device, precision, batches and processes."""
-
-    device: str = option("auto", "auto (CUDA when present), cpu or cuda", choices=DEVICES)
-    # bf16: matrix products in bfloat16 under autocast; fast only where the hardware has native
-    # bf16 products (nmt.model.device); auto: bf16 there, else fp32.
-    precision: str = option(
-        "fp32", "bf16: matrix products in bfloat16 (autocast); auto: bf16 where native", choices=PRECISIONS
-    )
-    quantize: str = option("none", "int8: dynamic int8 LSTM and linear layers (CPU)", choices=QUANTIZE_KINDS)
-    batch_tokens: int = option(2000, "padded source tokens per batch")
-    # Forked CPU processes that search batches side by side, the cores split between them
-    # (nmt.workers); 0: one per core on Linux, else 1.
-    workers: int = option(0, "CPU processes searching side by side (0: one per core on Linux; 1: one process)")
-    # A line of a megabyte would make the attention read ~10^5 positions at every step.
-    max_src_len: int = option(1024, "source pieces translated per line; a longer line is cut there (0: no limit)")
-
-    def __post_init__(self) -> None:
-        _check_choice("device", self.device, DEVICES)
-        _check_choice("precision", self.precision, PRECISIONS)
-        _check_choice("quantize", self.quantize, QUANTIZE_KINDS)
-        _check_positive("batch_tokens", self.batch_tokens)
-        _check_positive("workers", self.workers, allow_zero=True)
-        _check_positive("max_src_len", self.max_src_len, allow_zero=True)
 
 
 @dataclass
@@ -159,26 +56,26 @@ class TokenizerConfig:
     sampling_nbest: int = 16
 
     def __post_init__(self) -> None:
-        _check_choice("data.tokenizer.kind", self.kind, TOKENIZER_KINDS)
-        _check(
+        check_choice("data.tokenizer.kind", self.kind, TOKENIZER_KINDS)
+        check(
             self.sampling_alpha >= 0.0,
             f"data.tokenizer.sampling_alpha={self.sampling_alpha} must be >= 0 (0 turns subword sampling off)",
         )
-        _check(
+        check(
             self.sampling_alpha == 0.0 or self.kind == "unigram",
             "data.tokenizer.sampling_alpha samples segmentations of a unigram model; "
             "set data.tokenizer.kind=unigram or sampling_alpha=0",
         )
-        _check(
+        check(
             self.sampling_nbest >= 2,
             f"data.tokenizer.sampling_nbest={self.sampling_nbest} must be >= 2 (segmentations to sample from)",
         )
-        _check(self.vocab_size >= 16, f"data.tokenizer.vocab_size={self.vocab_size} must be >= 16")
-        _check(
+        check(self.vocab_size >= 16, f"data.tokenizer.vocab_size={self.vocab_size} must be >= 16")
+        check(
             0.9 <= self.character_coverage <= 1.0,
             f"data.tokenizer.character_coverage={self.character_coverage} must be in [0.9, 1.0]",
         )
-        _check_positive("data.tokenizer.max_sentences", self.max_sentences, allow_zero=True)
+        check_positive("data.tokenizer.max_sentences", self.max_sentences, allow_zero=True)
 
 
 @dataclass
@@ -218,16 +115,16 @@ class DataConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
 
     def __post_init__(self) -> None:
-        _check(bool(self.source), "data.source is empty; give a hub id or a local path")
-        _check(
+        check(bool(self.source), "data.source is empty; give a hub id or a local path")
+        check(
             self.src_lang != self.tgt_lang,
             f"data.src_lang and data.tgt_lang are both {self.src_lang!r}; give two languages",
         )
-        _check_positive("data.max_len", self.max_len)
-        _check_positive("data.train_limit", self.train_limit, allow_zero=True)
+        check_positive("data.max_len", self.max_len)
+        check_positive("data.train_limit", self.train_limit, allow_zero=True)
         for name, corpus in self.corpora.items():
-            _check(bool(corpus.source), f"data.corpora.{name}.source is empty; give a hub id or a local path")
-            _check(corpus.weight > 0, f"data.corpora.{name}.weight={corpus.weight} must be > 0")
+            check(bool(corpus.source), f"data.corpora.{name}.source is empty; give a hub id or a local path")
+            check(corpus.weight > 0, f"data.corpora.{name}.weight={corpus.weight} must be > 0")
 
 
 @dataclass
@@ -238,9 +135,9 @@ class EncoderConfig:
     cell: str = "lstm"  # one of CELL_KINDS (nmt/model/cells.py)
 
     def __post_init__(self) -> None:
-        _check_positive("model.encoder.hidden_size", self.hidden_size)
-        _check_positive("model.encoder.num_layers", self.num_layers)
-        _check_choice("model.encoder.cell", self.cell, CELL_KINDS)
+        check_positive("model.encoder.hidden_size", self.hidden_size)
+        check_positive("model.encoder.num_layers", self.num_layers)
+        check_choice("model.encoder.cell", self.cell, CELL_KINDS)
 
 
 @dataclass
@@ -250,9 +147,9 @@ class DecoderConfig:
     cell: str = "lstm"
 
     def __post_init__(self) -> None:
-        _check_positive("model.decoder.hidden_size", self.hidden_size)
-        _check_positive("model.decoder.num_layers", self.num_layers)
-        _check_choice("model.decoder.cell", self.cell, CELL_KINDS)
+        check_positive("model.decoder.hidden_size", self.hidden_size)
+        check_positive("model.decoder.num_layers", self.num_layers)
+        check_choice("model.decoder.cell", self.cell, CELL_KINDS)
 
 
 @dataclass
@@ -279,15 +176,15 @@ class ModelConfig:
     forget_bias: float | None = 1.0
 
     def __post_init__(self) -> None:
-        _check_positive("model.embed_dim", self.embed_dim)
-        _check_choice("model.attention", self.attention, ATTENTION_KINDS)
-        _check_choice("model.init", self.init, INIT_KINDS)
+        check_positive("model.embed_dim", self.embed_dim)
+        check_choice("model.attention", self.attention, ATTENTION_KINDS)
+        check_choice("model.init", self.init, INIT_KINDS)
         for key in ("dropout", "source_word_dropout", "target_word_dropout"):
             value = getattr(self, key)
-            _check(0.0 <= value < 1.0, f"model.{key}={value} must be in [0, 1)")
-        _check_positive("model.init_range", self.init_range)
+            check(0.0 <= value < 1.0, f"model.{key}={value} must be in [0, 1)")
+        check_positive("model.init_range", self.init_range)
         encoder_out = self.encoder.hidden_size * (2 if self.encoder.bidirectional else 1)
-        _check(
+        check(
             self.attention != "luong_dot" or encoder_out == self.decoder.hidden_size,
             f"model.attention=luong_dot needs the encoder output size ({encoder_out}) to equal "
             f"model.decoder.hidden_size ({self.decoder.hidden_size}); use luong_general or "
@@ -360,42 +257,42 @@ class TrainConfig:
     resume: str | None = None
 
     def __post_init__(self) -> None:
-        _check_choice("train.device", self.device, DEVICES)
-        _check_choice("train.precision", self.precision, PRECISIONS)
-        _check_positive("train.num_threads", self.num_threads, allow_zero=True)
-        _check_positive("train.processes", self.processes, allow_zero=True)
-        _check_positive("train.process_timeout_s", self.process_timeout_s)
-        _check_positive("train.max_restarts", self.max_restarts, allow_zero=True)
-        _check_positive("train.batch_tokens", self.batch_tokens)
-        _check_choice("train.batching", self.batching, BATCHINGS)
-        _check_positive("train.lr", self.lr)
-        _check_positive("train.clip_norm", self.clip_norm, allow_zero=True)
-        _check(
+        check_choice("train.device", self.device, DEVICES)
+        check_choice("train.precision", self.precision, PRECISIONS)
+        check_positive("train.num_threads", self.num_threads, allow_zero=True)
+        check_positive("train.processes", self.processes, allow_zero=True)
+        check_positive("train.process_timeout_s", self.process_timeout_s)
+        check_positive("train.max_restarts", self.max_restarts, allow_zero=True)
+        check_positive("train.batch_tokens", self.batch_tokens)
+        check_choice("train.batching", self.batching, BATCHINGS)
+        check_positive("train.lr", self.lr)
+        check_positive("train.clip_norm", self.clip_norm, allow_zero=True)
+        check(
             0.0 <= self.label_smoothing < 1.0,
             f"train.label_smoothing={self.label_smoothing} must be in [0, 1)",
         )
-        _check(
+        check(
             0.0 < self.lr_decay_factor <= 1.0,
             f"train.lr_decay_factor={self.lr_decay_factor} must be in (0, 1]",
         )
-        _check(0.0 <= self.lr_anneal <= 1.0, f"train.lr_anneal={self.lr_anneal} must be in [0, 1] (0 turns it off)")
-        _check(
+        check(0.0 <= self.lr_anneal <= 1.0, f"train.lr_anneal={self.lr_anneal} must be in [0, 1] (0 turns it off)")
+        check(
             not (self.lr_anneal and self.lr_decay_factor < 1.0),
             f"train.lr_anneal={self.lr_anneal} and train.lr_decay_factor={self.lr_decay_factor} both lower the"
             " learning rate: set train.lr_decay_factor=1.0 to anneal over the budget, or train.lr_anneal=0",
         )
-        _check(
+        check(
             0.0 <= self.average_decay < 1.0,
             f"train.average_decay={self.average_decay} must be in [0, 1) (0 turns averaging off)",
         )
         counts = ("lr_patience", "max_epochs", "max_steps", "validate_every", "save_every", "patience")
         for key in (*counts, "valid_attention_plots", "valid_bleu_sentences"):
-            _check_positive(f"train.{key}", getattr(self, key), allow_zero=True)
-        _check_positive("train.max_minutes", self.max_minutes, allow_zero=True)
-        _check_positive("train.log_every", self.log_every)
-        _check_positive("train.max_nonfinite_steps", self.max_nonfinite_steps)
-        _check_positive("train.keep_checkpoints", self.keep_checkpoints, allow_zero=True)
-        _check(
+            check_positive(f"train.{key}", getattr(self, key), allow_zero=True)
+        check_positive("train.max_minutes", self.max_minutes, allow_zero=True)
+        check_positive("train.log_every", self.log_every)
+        check_positive("train.max_nonfinite_steps", self.max_nonfinite_steps)
+        check_positive("train.keep_checkpoints", self.keep_checkpoints, allow_zero=True)
+        check(
             self.max_epochs or self.max_steps or self.max_minutes,
             "no stopping rule: set train.max_epochs, train.max_steps or train.max_minutes",
         )

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from nmt.config import SearchOptions
 from nmt.data.batching import collate_src
 from nmt.data.tokenizer import BOS_ID, Tokenizer
 from nmt.model.cells import Gates
+from nmt.options import SearchOptions
 from nmt.search import greedy_search
 
 

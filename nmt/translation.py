@@ -26,13 +26,14 @@ from typing import Any
 import torch
 
 from nmt.checkpoint import Checkpoint, CheckpointError, load_for_translation
-from nmt.config import Config, InferenceOptions, SearchOptions
+from nmt.config import Config
 from nmt.data.batching import collate_src, token_budget_batches
 from nmt.data.tokenizer import Tokenizer
 from nmt.model.device import autocast, resolve_precision
 from nmt.model.onednn import onednn_available, use_onednn_linears
 from nmt.model.quantize import quantize_int8
 from nmt.model.seq2seq import Seq2Seq
+from nmt.options import InferenceOptions, SearchOptions
 from nmt.search import DecodingModel, Hypothesis, search, start_search
 from nmt.search.ensemble import Ensemble
 from nmt.workers import can_fork, map_in_workers, resolve_workers

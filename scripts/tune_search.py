@@ -20,8 +20,8 @@ from pathlib import Path
 import datasets
 
 from nmt.checkpoint import resolve_checkpoint
-from nmt.config import LENGTH_PENALTIES, SearchOptions
 from nmt.evaluation import corpus_split
+from nmt.options import LENGTH_PENALTIES, SearchOptions
 from nmt.scoring import bleu
 from nmt.translation import Translator
 

@@ -7,7 +7,7 @@ import pytest
 
 from nmt.cli import evaluate, translate
 from nmt.cli.options import options_from_args
-from nmt.config import InferenceOptions, SearchOptions
+from nmt.options import InferenceOptions, SearchOptions
 
 COMMANDS = {
     "nmt-translate": (translate.parse_args, ["RUN"]),

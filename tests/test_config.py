@@ -3,7 +3,8 @@ from hydra import compose, initialize_config_module
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import OmegaConfBaseException
 
-from nmt.config import Config, ConfigError, SearchOptions, TrainConfig, register_configs, to_config
+from nmt.config import Config, TrainConfig, register_configs, to_config
+from nmt.options import ConfigError, SearchOptions
 
 
 def compose_config(*overrides: str) -> Config:

@@ -10,8 +10,9 @@ from helpers import PAIRS, lively_model, random_batch
 import nmt.cli.evaluate
 import nmt.cli.translate
 from nmt.checkpoint import Checkpoint
-from nmt.config import DecoderConfig, SearchOptions
+from nmt.config import DecoderConfig
 from nmt.data.tokenizer import BOS_ID, EOS_ID, Tokenizer
+from nmt.options import SearchOptions
 from nmt.search import search, start_search
 from nmt.search.ensemble import Ensemble
 from nmt.translation import Translator

@@ -16,7 +16,7 @@ PACKAGE = ROOT / "nmt"
 # Each layer may import itself and the layers listed for it (DESIGN.md's layers): the network
 # (model) and search know nothing of each other, of training or of the command lines.
 LAYERS = {
-    "config": ["nmt.config"],
+    "config": ["nmt.config", "nmt.options"],
     "data": ["nmt.data"],
     "model": ["nmt.model"],
     "search": ["nmt.search"],
@@ -105,6 +105,7 @@ def test_there_are_no_import_cycles():
         visit(module, [])
 
 
+@pytest.mark.slow  # a pip wheel build and an nmt-train start: ~40 s
 def test_the_wheel_carries_the_configs_and_an_installed_nmt_train_finds_them(tmp_path):
     """Built from a copy of the sources, the wheel must hold every module and config; unpacked
     and run from an empty directory, nmt-train composes its configs from the package."""

@@ -19,7 +19,7 @@ httpx = pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 from helpers import PAIRS, start_server  # noqa: E402
 
-from nmt.config import InferenceOptions, SearchOptions  # noqa: E402
+from nmt.options import InferenceOptions, SearchOptions  # noqa: E402
 from nmt.service.app import Limits, create_app  # noqa: E402
 from nmt.service.engine import Engine, EngineSettings, LoadedModel  # noqa: E402
 from nmt.translation import Translator  # noqa: E402

@@ -16,11 +16,9 @@ import torch
 from helpers import PAIRS, tiny_config, toy_cli_overrides, write_lines
 
 from nmt.checkpoint import Checkpoint
-from nmt.config import (
-    ConfigError,
-    TrainConfig,
-)
+from nmt.config import TrainConfig
 from nmt.data.store import prepare_store
+from nmt.options import ConfigError
 from nmt.training.run import resume_point, run_training
 from nmt.training.stopping import StopSignals
 from nmt.training.trainer import Trainer

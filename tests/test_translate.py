@@ -9,9 +9,10 @@ import torch
 from helpers import PAIRS
 
 from nmt.checkpoint import Checkpoint
-from nmt.config import Config, DataConfig, DecoderConfig, EncoderConfig, ModelConfig, SearchOptions
+from nmt.config import Config, DataConfig, DecoderConfig, EncoderConfig, ModelConfig
 from nmt.data.tokenizer import Tokenizer
 from nmt.model.seq2seq import build_model
+from nmt.options import SearchOptions
 from nmt.search import max_output_lengths, search
 from nmt.translation import Translator, load_model
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from nmt.checkpoint import resolve_checkpoint
-from nmt.config import SearchOptions
 from nmt.evaluation import corpus_split
+from nmt.options import SearchOptions
 from nmt.scoring import bleu
 from nmt.translation import Translator
 

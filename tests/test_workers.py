@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import PAIRS
 
-from nmt.config import ConfigError, InferenceOptions, SearchOptions
+from nmt.options import ConfigError, InferenceOptions, SearchOptions
 from nmt.translation import Translator
 from nmt.workers import WorkerError, can_fork, map_in_workers
 

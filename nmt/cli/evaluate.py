@@ -21,9 +21,9 @@ from pathlib import Path
 
 from nmt.checkpoint import CheckpointError, resolve_checkpoint
 from nmt.cli.options import add_option_flags, options_from_args
-from nmt.config import InferenceOptions, SearchOptions
 from nmt.data.corpus import DataError, read_lines
 from nmt.evaluation import corpus_split, language_pair, sacrebleu_testset
+from nmt.options import InferenceOptions, SearchOptions
 from nmt.scoring import Score, corpus_scores
 from nmt.translation import Translator
 

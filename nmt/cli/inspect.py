@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 from nmt.checkpoint import CheckpointError
-from nmt.config import DEVICES
 from nmt.inspection import inspect_sentence, write_inspection
+from nmt.options import DEVICES
 from nmt.translation import load_model
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from dataclasses import fields
 
 from nmt.checkpoint import CheckpointError
 from nmt.cli.options import add_option_flags, options_from_args
-from nmt.config import ConfigError, InferenceOptions
+from nmt.options import ConfigError, InferenceOptions
 from nmt.service.app import Limits, create_app
 from nmt.service.engine import Engine, EngineSettings, LoadedModel
 

@@ -25,15 +25,11 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from nmt.checkpoint import CheckpointError
-from nmt.config import (
-    Config,
-    ConfigError,
-    register_configs,
-    to_config,
-)
+from nmt.config import Config, register_configs, to_config
 from nmt.data.corpus import DataError, check_source
 from nmt.data.tokenizer import TokenizerError
 from nmt.model.device import resolve_device, resolve_precision
+from nmt.options import ConfigError
 from nmt.training.distributed import (
     LOST_PEER_EXIT,
     LaunchError,

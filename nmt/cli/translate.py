@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from nmt.checkpoint import CheckpointError
 from nmt.cli.options import add_option_flags, options_from_args
-from nmt.config import InferenceOptions, SearchOptions
+from nmt.options import InferenceOptions, SearchOptions
 from nmt.translation import CHUNK_LINES, Translation, Translator
 from nmt.workers import WorkerError
 

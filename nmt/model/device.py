@@ -16,7 +16,7 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
-from nmt.config import PRECISIONS
+from nmt.options import PRECISIONS
 
 log = logging.getLogger(__name__)
 

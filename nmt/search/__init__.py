@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from nmt.config import SearchOptions
+from nmt.options import SearchOptions
 from nmt.search.beam import BeamSearch, beam_search
 from nmt.search.greedy import GreedySearch, greedy_search
 from nmt.search.hypothesis import Hypothesis, length_penalty, max_output_lengths

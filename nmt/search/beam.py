@@ -14,8 +14,8 @@ from collections.abc import Hashable, Sequence
 
 import torch
 
-from nmt.config import SearchOptions
 from nmt.data.tokenizer import BOS_ID, EOS_ID
+from nmt.options import SearchOptions
 from nmt.search.constraints import block_repeated_ngrams, restrict_eos
 from nmt.search.hypothesis import Hypothesis, best_first, length_penalty, make_hypothesis
 from nmt.search.protocol import DecoderState, DecodingModel

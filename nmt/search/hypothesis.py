@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from nmt.config import HARD_MAX_LEN, SearchOptions
+from nmt.options import HARD_MAX_LEN, SearchOptions
 
 
 @dataclass

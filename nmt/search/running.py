@@ -16,7 +16,7 @@ from typing import Protocol
 
 import torch
 
-from nmt.config import SearchOptions
+from nmt.options import SearchOptions
 from nmt.search.hypothesis import Hypothesis, max_output_lengths
 
 Finished = list[tuple[Hashable, list[Hypothesis]]]  # (key, its nbest hypotheses, best first)

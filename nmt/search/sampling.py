@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from nmt.config import SearchOptions
+from nmt.options import SearchOptions
 
 
 def sampling_distribution(log_probs: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:

@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nmt.checkpoint import CheckpointError
-from nmt.config import ConfigError, InferenceOptions, SearchOptions
+from nmt.options import ConfigError, InferenceOptions, SearchOptions
 from nmt.service.engine import Engine, Expired, LoadedModel, QueueFull, WorkerLost, setting, translation_dict
 from nmt.service.inspect import inspect_payload
 from nmt.service.schemas import (

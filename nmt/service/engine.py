@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from nmt.checkpoint import resolve_checkpoint
-from nmt.config import InferenceOptions, SearchOptions
 from nmt.model.seq2seq import count_parameters
+from nmt.options import InferenceOptions, SearchOptions
 from nmt.search import can_join
 from nmt.service.worker import Answer, Outcome, Request, SearchWorker
 from nmt.translation import Translator

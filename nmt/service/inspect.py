@@ -6,8 +6,8 @@ from typing import Any
 
 import torch
 
-from nmt.config import SearchOptions
 from nmt.inspection import inspect_sentence
+from nmt.options import SearchOptions
 from nmt.service.engine import LoadedModel, clean_segment
 
 DIGITS = 4  # enough for a heatmap; keeps the JSON of a 2 x 512-unit model small

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from nmt.config import LENGTH_PENALTIES, STOPPING_RULES, SearchOptions
+from nmt.options import LENGTH_PENALTIES, STOPPING_RULES, SearchOptions
 
 _DEFAULT = SearchOptions()
 _HELP = {f.name: f.metadata.get("help", "") for f in fields(SearchOptions)}

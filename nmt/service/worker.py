@@ -22,7 +22,7 @@ from multiprocessing.connection import Connection
 
 import torch
 
-from nmt.config import SearchOptions
+from nmt.options import SearchOptions
 from nmt.search import can_join
 from nmt.translation import RunningTranslation, Translation, Translator
 
