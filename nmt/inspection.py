@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from nmt.data.batching import collate_src
-from nmt.data.tokenizer import BOS_ID, Tokenizer
+from nmt.data.special import BOS_ID
+from nmt.data.tokenizer import Tokenizer
 from nmt.model.cells import Gates
 from nmt.options import SearchOptions
 from nmt.search import greedy_search

@@ -87,6 +87,13 @@ def test_each_layer_imports_only_the_layers_below_it():
     assert wrong == []
 
 
+def test_the_network_and_search_load_no_tokenizer():
+    """They need the reserved ids only (nmt.data.special), not SentencePiece."""
+    code = "import sys, nmt.model.seq2seq, nmt.search; print('sentencepiece' in sys.modules)"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert loaded.stdout.strip() == "False", loaded.stderr
+
+
 def test_there_are_no_import_cycles():
     graph = import_graph()
     resolved = {module: {t for t in targets if t in graph} for module, targets in graph.items()}

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from nmt.data.special import BOS_ID, EOS_ID, PAD_ID
 
 
 @dataclass

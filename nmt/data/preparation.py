@@ -23,7 +23,8 @@ import numpy as np
 from nmt.config import DataConfig
 from nmt.data.arrays import RaggedWriter, ids_dtype
 from nmt.data.corpus import DataError, SplitSource, load_split, split_source, training_chunks, training_sources
-from nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
+from nmt.data.special import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from nmt.data.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-log = logging.getLogger(__name__)
+from nmt.data.special import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
-PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+log = logging.getLogger(__name__)
 
 
 class TokenizerError(RuntimeError):

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from nmt.data.tokenizer import PAD_ID
+from nmt.data.special import PAD_ID
 from nmt.model.attention import make_attention
 from nmt.model.cells import Gates, no_grad_float32, tanh_
 from nmt.model.encoder import EncoderOutput, RecurrentState

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from nmt.data.tokenizer import PAD_ID
+from nmt.data.special import PAD_ID
 from nmt.model.cells import Gates
 from nmt.model.rnn import RecurrentStack
 from nmt.model.word_dropout import WordDropout

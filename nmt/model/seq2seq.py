@@ -10,7 +10,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from nmt.config import ModelConfig
-from nmt.data.tokenizer import PAD_ID
+from nmt.data.special import PAD_ID
 from nmt.model.bridge import Bridge
 from nmt.model.cells import CELLS, set_forget_bias
 from nmt.model.decoder import Decoder, DecoderState, StepTable

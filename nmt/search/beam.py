@@ -14,7 +14,7 @@ from collections.abc import Hashable, Sequence
 
 import torch
 
-from nmt.data.tokenizer import BOS_ID, EOS_ID
+from nmt.data.special import BOS_ID, EOS_ID
 from nmt.options import SearchOptions
 from nmt.search.constraints import block_repeated_ngrams, restrict_eos
 from nmt.search.hypothesis import Hypothesis, best_first, length_penalty, make_hypothesis

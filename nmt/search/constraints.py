@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from nmt.data.tokenizer import EOS_ID
+from nmt.data.special import EOS_ID
 
 
 def restrict_eos(log_probs: torch.Tensor, t: int | torch.Tensor, min_len: int, max_lens: torch.Tensor) -> None:

@@ -39,7 +39,8 @@ class WeightAverage:
     def update(self, model: nn.Module) -> None:
         """Fold the model's current weights into the average (after each optimizer step)."""
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        torch._foreach_lerp_(self.averages, [p.detach() for p in self._params(model)], 1.0 - decay)
+        for average, param in zip(self.averages, self._params(model)):
+            average.lerp_(param.detach(), 1.0 - decay)
         self.updates += 1
 
     @contextmanager
@@ -48,11 +49,13 @@ class WeightAverage:
         """The model holds the averaged weights inside the block and its own ones again after it."""
         params = self._params(model)
         trained = [p.detach().clone() for p in params]
-        torch._foreach_copy_([p.detach() for p in params], self.averages)
+        for param, average in zip(params, self.averages):
+            param.detach().copy_(average)
         try:
             yield
         finally:
-            torch._foreach_copy_([p.detach() for p in params], trained)
+            for param, weights in zip(params, trained):
+                param.detach().copy_(weights)
 
     def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """The model's state dict with the averaged weights in place of the trained ones."""

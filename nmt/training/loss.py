@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from nmt.data.batching import Batch, pack_targets
-from nmt.data.tokenizer import PAD_ID
+from nmt.data.special import PAD_ID
 from nmt.model.device import autocast
 from nmt.model.seq2seq import Seq2Seq
 
