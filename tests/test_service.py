@@ -93,7 +93,7 @@ def test_line_breaks_and_control_characters_are_handled_as_nmt_translate_handles
         ({"segments": ["x" * 2001]}, "segments", "at most 2000 per segment"),
         ({"segments": ["a"], "beam": 17}, "beam", "over this server's limit of 16"),
         ({"segments": ["a"], "beam": 2, "nbest": 3}, "nbest", "between 1 and the beam size"),
-        ({"segments": ["a"], "beam": 0}, "beam", "greater than or equal to 1"),
+        ({"segments": ["a"], "beam": 0}, "beam", "beam=0 must be >= 1"),
         ({"segments": ["a"], "length_penalty": "long"}, "length_penalty", "Input should be"),
         ({"segments": ["a"], "temperature": 0.5}, "temperature", "only apply with sample=true"),
         ({"segments": "a"}, "segments", "valid list"),

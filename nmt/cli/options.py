@@ -1,9 +1,9 @@
-"""Command-line flags generated from the option dataclasses of `nmt.config`.
+"""Command-line flags generated from option dataclasses: SearchOptions and InferenceOptions
+(`nmt.options`), and the service's EngineSettings and Limits.
 
-Every field of SearchOptions and InferenceOptions that the command lines offer carries its help
-text (and flags and choices, where they differ from the field) in its metadata, so a new option is
-added once, in its dataclass, and `nmt-translate` and `nmt-evaluate` both offer it with the
-dataclass's default.
+Every field that the command lines offer carries its help text (and flags and choices, where they
+differ from the field) in its metadata, so a new option is added once, in its dataclass, and
+`nmt-translate`, `nmt-evaluate` and `nmt-serve` offer it with the dataclass's default.
 """
 
 from __future__ import annotations

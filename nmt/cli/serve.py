@@ -13,7 +13,6 @@ import argparse
 import logging
 import signal
 import sys
-from dataclasses import fields
 
 from nmt.checkpoint import CheckpointError
 from nmt.cli.options import add_option_flags, options_from_args
@@ -30,29 +29,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
     add_option_flags(parser, InferenceOptions, "model", exclude=("workers",))  # one process, search threads
-    engine = parser.add_argument_group("batching across requests")
-    for spec in fields(EngineSettings):
-        _flag(engine, spec)
-    limits = parser.add_argument_group("limits (beyond them: 400, 413 or 504)")
-    for spec in fields(Limits):
-        _flag(limits, spec)
+    add_option_flags(parser, EngineSettings, "batching across requests")
+    add_option_flags(parser, Limits, "limits (beyond them: 400, 413 or 504)")
     return parser.parse_args(argv)
-
-
-def _flag(group, spec) -> None:
-    flag, default = "--" + spec.name.replace("_", "-"), spec.default
-    help_text = f"{spec.metadata.get('help', '')} (default: %(default)s)"
-    if isinstance(default, bool):
-        group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
-    else:
-        group.add_argument(flag, type=type(default), default=default, help=help_text)
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    settings = EngineSettings(**{f.name: getattr(args, f.name) for f in fields(EngineSettings)})
-    limits = Limits(**{f.name: getattr(args, f.name) for f in fields(Limits)})
+    settings, limits = options_from_args(EngineSettings, args), options_from_args(Limits, args)
     try:
         inference = options_from_args(InferenceOptions, args)
         loaded = LoadedModel.load(args.checkpoint, inference)

@@ -13,14 +13,15 @@ import re
 import signal
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata, resources
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -35,10 +36,14 @@ from nmt.service.schemas import (
     ReloadRequest,
     TranslateRequest,
     TranslateResponse,
+    offered,
+    options_of,
+    request_name,
 )
 
 log = logging.getLogger(__name__)
 
+STATIC = resources.files("nmt.service") / "static"
 # What a checkpoint that fails to load raises: the old model goes on serving.
 RELOAD_ERRORS = (CheckpointError, ConfigError, OSError, ValueError, RuntimeError)
 
@@ -61,13 +66,39 @@ class ServiceError(Exception):
         self.status, self.message, self.field, self.headers = status, message, field, headers
 
 
+@dataclass
+class Service:
+    """What the routes serve with: the engine, the loading options of a reload, the limits."""
+
+    engine: Engine
+    inference: InferenceOptions
+    limits: Limits
+    inspect_lock: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))  # replays are long, rare
+
+    async def reload_logged(self, checkpoint: str | None) -> None:
+        try:
+            await run_in_threadpool(self.engine.reload, checkpoint, self.inference)
+        except RELOAD_ERRORS as error:
+            log.error("reload failed, the old model goes on serving: %s", error)
+
+
+def _service(request: Request) -> Service:
+    return request.app.state.service
+
+
+ServiceNow = Annotated[Service, Depends(_service)]
+router = APIRouter()
+
+
 def create_app(engine: Engine, inference: InferenceOptions, limits: Limits) -> FastAPI:
+    service = Service(engine, inference, limits)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         engine.start()
         loop = asyncio.get_running_loop()
         try:  # SIGHUP reloads the checkpoint, as POST /reload does
-            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload_logged(None)))
+            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(service.reload_logged(None)))
         except (NotImplementedError, RuntimeError, ValueError):
             log.debug("no SIGHUP here: reload through POST /reload")
         yield
@@ -79,140 +110,139 @@ def create_app(engine: Engine, inference: InferenceOptions, limits: Limits) -> F
         version=_version(),
         lifespan=lifespan,
     )
-    app.state.engine = engine
-    static = resources.files("nmt.service") / "static"
-    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+    app.state.engine, app.state.service = engine, service
+    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
-    inspect_lock = asyncio.Semaphore(1)  # one gate replay at a time: it is long and rare
-
-    async def _reload_logged(checkpoint: str | None) -> None:
-        try:
-            await run_in_threadpool(engine.reload, checkpoint, inference)
-        except RELOAD_ERRORS as error:
-            log.error("reload failed, the old model goes on serving: %s", error)
-
-    @app.exception_handler(ServiceError)
-    async def service_error(request: Request, error: ServiceError) -> JSONResponse:
-        content: dict[str, Any] = {"error": error.message}
-        if error.field:
-            content["field"] = error.field
-        return JSONResponse(content, status_code=error.status, headers=error.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def bad_request(request: Request, error: RequestValidationError) -> JSONResponse:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
-        message = first.get("msg", "invalid request")
-        if first.get("type") == "json_invalid":
-            message, where = "the body is not valid JSON", ""
-        return JSONResponse(
-            {"error": f"{where}: {message}" if where else message, "field": where or None}, status_code=400
-        )
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        message = str(error.detail)
-        if error.status_code == 400:  # FastAPI could not decode the body (invalid UTF-8, ...)
-            message = "the body is not valid JSON in UTF-8"
-        return JSONResponse({"error": message}, status_code=error.status_code, headers=error.headers)
-
-    @app.exception_handler(Exception)
-    async def bug(request: Request, error: Exception) -> JSONResponse:
-        log.exception("a bug answered 500")
-        return JSONResponse({"error": f"internal error: {type(error).__name__}"}, status_code=500)
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def page() -> str:
-        return (static / "index.html").read_text(encoding="utf-8")
-
-    @app.get("/health")
-    async def health() -> dict:
-        """The process is alive."""
-        return {"status": "ok"}
-
-    @app.get("/ready")
-    async def ready() -> dict:
-        """A model is loaded and the search threads run."""
-        return {"status": "ready", "sha256": engine.loaded.sha256}
-
-    @app.get("/model", response_model=ModelInfo)
-    async def model() -> dict:
-        """Languages, cells, attention, parameters, the checkpoint's sha256 and the precision."""
-        return engine.loaded.info
-
-    @app.post("/translate", response_model=TranslateResponse)
-    async def translate(request: TranslateRequest) -> dict:
-        """Translate every segment, in order; an empty segment gives an empty text."""
-        started = time.perf_counter()
-        options = _search_options(request, limits)
-        _check_segments(request.segments, limits)
-        try:
-            job = engine.submit(request.segments, options, limits.timeout_s)
-        except QueueFull as error:
-            raise ServiceError(503, f"busy: {error}; retry later", headers={"Retry-After": "1"}) from None
-        try:
-            translations = await asyncio.wait_for(asyncio.wrap_future(job.future), limits.timeout_s)
-        except (TimeoutError, Expired):
-            job.future.cancel()
-            raise ServiceError(504, f"not translated within {limits.timeout_s:g} s") from None
-        except WorkerLost as error:
-            raise ServiceError(503, str(error), headers={"Retry-After": "1"}) from None
-        return {
-            "translations": [translation_dict(t, options.nbest) for t in translations],
-            "model": job.loaded.sha256,
-            "ms": round(1000 * (time.perf_counter() - started), 2),
-        }
-
-    @app.post("/inspect", response_model=InspectResponse)
-    async def inspect(request: InspectRequest) -> dict:
-        """One sentence: its greedy translation, the attention matrix, and per layer and direction
-        the gates and the cell-state norm at every step."""
-        _check_segments([request.sentence], limits, field="sentence")
-        if not request.sentence.strip():
-            raise ServiceError(400, "sentence: empty", field="sentence")
-        loaded = engine.loaded
-        async with inspect_lock:
-            return await run_in_threadpool(inspect_payload, loaded, request.sentence)
-
-    @app.post("/reload", response_model=ModelInfo)
-    async def reload(request: ReloadRequest | None = None) -> dict:
-        """Load a checkpoint (default: the one serving, re-read) and swap it in; requests in
-        flight finish on the old model. A checkpoint that fails to load leaves the old one."""
-        checkpoint = request.checkpoint if request else None
-        try:
-            loaded: LoadedModel = await run_in_threadpool(engine.reload, checkpoint, inference)
-        except RELOAD_ERRORS as error:
-            raise ServiceError(422, f"not loaded, the old model goes on serving: {error}", field="checkpoint") from None
-        return loaded.info
-
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _bad_request)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _bug)
+    app.include_router(router)
     return app
 
 
-def _search_options(request: TranslateRequest, limits: Limits) -> SearchOptions:
-    for name, value, limit in (("beam", request.beam, limits.max_beam), ("nbest", request.nbest, limits.max_nbest)):
-        if value > limit:
-            raise ServiceError(400, f"{name}: {value} is over this server's limit of {limit}", field=name)
+# --- errors ---------------------------------------------------------------------------------------
+async def _service_error(request: Request, error: ServiceError) -> JSONResponse:
+    content: dict[str, Any] = {"error": error.message}
+    if error.field:
+        content["field"] = error.field
+    return JSONResponse(content, status_code=error.status, headers=error.headers)
+
+
+async def _bad_request(request: Request, error: RequestValidationError) -> JSONResponse:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+    message = first.get("msg", "invalid request")
+    if first.get("type") == "json_invalid":
+        message, where = "the body is not valid JSON", ""
+    return JSONResponse({"error": f"{where}: {message}" if where else message, "field": where or None}, status_code=400)
+
+
+async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    message = str(error.detail)
+    if error.status_code == 400:  # FastAPI could not decode the body (invalid UTF-8, ...)
+        message = "the body is not valid JSON in UTF-8"
+    return JSONResponse({"error": message}, status_code=error.status_code, headers=error.headers)
+
+
+async def _bug(request: Request, error: Exception) -> JSONResponse:
+    log.exception("a bug answered 500")
+    return JSONResponse({"error": f"internal error: {type(error).__name__}"}, status_code=500)
+
+
+# --- routes ---------------------------------------------------------------------------------------
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def page() -> str:
+    return (STATIC / "index.html").read_text(encoding="utf-8")
+
+
+@router.get("/health")
+async def health() -> dict:
+    """The process is alive."""
+    return {"status": "ok"}
+
+
+@router.get("/ready")
+async def ready(service: ServiceNow) -> dict:
+    """A model is loaded and the search threads run."""
+    return {"status": "ready", "sha256": service.engine.loaded.sha256}
+
+
+@router.get("/model", response_model=ModelInfo)
+async def model(service: ServiceNow) -> dict:
+    """Languages, cells, attention, parameters, the checkpoint's sha256 and the precision."""
+    return service.engine.loaded.info
+
+
+@router.post("/translate", response_model=TranslateResponse)
+async def translate(body: TranslateRequest, service: ServiceNow) -> dict:  # type: ignore[valid-type]
+    """Translate every segment, in order; an empty segment gives an empty text."""
+    started = time.perf_counter()
+    limits = service.limits
+    options = _search_options(body, limits)
+    _check_segments(body.segments, limits)
     try:
-        return SearchOptions(
-            beam_size=request.beam,
-            nbest=request.nbest,
-            length_penalty=request.length_penalty,
-            alpha=request.alpha,
-            stopping=request.stopping,
-            min_len=request.min_len,
-            max_len_a=request.max_len_a,
-            max_len_b=request.max_len_b,
-            no_repeat_ngram=request.no_repeat_ngram,
-            sample=request.sample,
-            temperature=request.temperature,
-            top_k=request.top_k,
-            top_p=request.top_p,
-            seed=request.seed,
-        )
+        job = service.engine.submit(body.segments, options, limits.timeout_s)
+    except QueueFull as error:
+        raise ServiceError(503, f"busy: {error}; retry later", headers={"Retry-After": "1"}) from None
+    try:
+        translations = await asyncio.wait_for(asyncio.wrap_future(job.future), limits.timeout_s)
+    except (TimeoutError, Expired):
+        job.future.cancel()
+        raise ServiceError(504, f"not translated within {limits.timeout_s:g} s") from None
+    except WorkerLost as error:
+        raise ServiceError(503, str(error), headers={"Retry-After": "1"}) from None
+    return {
+        "translations": [translation_dict(t, options.nbest) for t in translations],
+        "model": job.loaded.sha256,
+        "ms": round(1000 * (time.perf_counter() - started), 2),
+    }
+
+
+@router.post("/inspect", response_model=InspectResponse)
+async def inspect(body: InspectRequest, service: ServiceNow) -> dict:
+    """One sentence: its greedy translation, the attention matrix, and per layer and direction
+    the gates and the cell-state norm at every step."""
+    _check_segments([body.sentence], service.limits, field="sentence")
+    if not body.sentence.strip():
+        raise ServiceError(400, "sentence: empty", field="sentence")
+    loaded = service.engine.loaded
+    async with service.inspect_lock:
+        return await run_in_threadpool(inspect_payload, loaded, body.sentence)
+
+
+@router.post("/reload", response_model=ModelInfo)
+async def reload(service: ServiceNow, body: ReloadRequest | None = None) -> dict:
+    """Load a checkpoint (default: the one serving, re-read) and swap it in; requests in
+    flight finish on the old model. A checkpoint that fails to load leaves the old one."""
+    checkpoint = body.checkpoint if body else None
+    try:
+        loaded: LoadedModel = await run_in_threadpool(service.engine.reload, checkpoint, service.inference)
+    except RELOAD_ERRORS as error:
+        raise ServiceError(422, f"not loaded, the old model goes on serving: {error}", field="checkpoint") from None
+    return loaded.info
+
+
+REQUEST_NAMES = {spec.name: request_name(spec) for spec in offered(SearchOptions)}
+
+
+def _search_options(body: BaseModel, limits: Limits) -> SearchOptions:
+    try:
+        options = options_of(body)
     except ConfigError as error:  # its message starts with the option's name, as nmt-translate's
-        name = re.match(r"\w+", str(error))
-        field = {"beam_size": "beam"}.get(name.group(), name.group()) if name else None
-        raise ServiceError(400, str(error).replace("beam_size", "beam"), field=field) from None
+        message = str(error)
+        for name, in_request in REQUEST_NAMES.items():
+            message = re.sub(rf"\b{name}\b", in_request, message)
+        field_name = re.match(r"\w+", message)
+        raise ServiceError(400, message, field=field_name.group() if field_name else None) from None
+    for name, value, limit in (
+        ("beam_size", options.beam_size, limits.max_beam),
+        ("nbest", options.nbest, limits.max_nbest),
+    ):
+        if value > limit:
+            field_name = REQUEST_NAMES[name]
+            raise ServiceError(400, f"{field_name}: {value} is over this server's limit of {limit}", field=field_name)
+    return options
 
 
 def _check_segments(segments: list[str], limits: Limits, field: str = "segments") -> None:

@@ -255,10 +255,7 @@ class Engine:
 
     def _on_answer(self, worker: SearchWorker, answer: Answer) -> None:
         with self._room:
-            job = worker.jobs.pop(answer.number, None)
-            worker.searches = answer.searches
-            if job is not None:
-                worker.tokens -= job.tokens
+            job = worker.settle(answer)
             self._room.notify_all()
         if job is None:
             return
@@ -273,7 +270,7 @@ class Engine:
         """A worker ended: stopped, or killed from outside (for memory, by a signal). Its
         requests answer 503, and a new worker takes its place."""
         with self._room:
-            lost, worker.jobs = list(worker.jobs.values()), {}
+            lost = worker.release_all()
             if worker in loaded.workers:
                 loaded.workers.remove(worker)
             replace = not (worker.stopping or self._stopping or loaded.retired)
@@ -305,8 +302,7 @@ class Engine:
                 continue
             with self._room:
                 worker = self._room.wait_for(lambda job=job: self._free_worker(job))
-                worker.jobs[job.number] = job
-                worker.tokens += job.tokens
+                worker.assign(job)
             with contextlib.suppress(OSError):  # it died: its reader fails the job
                 worker.send(Request(job.number, job.options, job.segments))
 
@@ -325,9 +321,9 @@ class Engine:
         only to an idle worker. None: wait."""
         if self.settings.batching and can_join(job.options):
             budget = job.loaded.translator.batch_tokens
-            fits = [w for w in job.loaded.workers if not w.jobs or w.tokens + job.tokens <= budget]
+            fits = [w for w in job.loaded.workers if w.idle or w.tokens + job.tokens <= budget]
         else:
-            fits = [w for w in job.loaded.workers if not w.jobs]
+            fits = [w for w in job.loaded.workers if w.idle]
         return min(fits, key=lambda worker: worker.tokens, default=None)
 
 

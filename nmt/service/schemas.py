@@ -1,41 +1,53 @@
 """The service's request and response bodies (pydantic): FastAPI checks them and writes the OpenAPI
-schema from them. Search defaults are SearchOptions', so they live once."""
+schema from them. The search options of a translate request are generated from SearchOptions'
+fields (their defaults, help and choices), named as nmt-translate's flags (`beam`), so a new
+option reaches the service with no edit here; SearchOptions' own checks judge their values."""
 
 from __future__ import annotations
 
+from dataclasses import Field as DataclassField
 from dataclasses import fields
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from nmt.options import LENGTH_PENALTIES, STOPPING_RULES, SearchOptions
+from nmt.options import SearchOptions
 
-_DEFAULT = SearchOptions()
-_HELP = {f.name: f.metadata.get("help", "") for f in fields(SearchOptions)}
-
-
-def _option(name: str, **constraints):
-    return Field(getattr(_DEFAULT, name), description=_HELP[name], **constraints)
+Options = TypeVar("Options")
 
 
-class TranslateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def request_name(spec: DataclassField) -> str:
+    """An option's name in a request: its command-line flag's (`--beam` -> beam), else its own."""
+    flags = spec.metadata.get("flags")
+    return flags[0].lstrip("-").replace("-", "_") if flags else spec.name
 
-    segments: list[str] = Field(description="the texts to translate, one result each, in order")
-    beam: int = Field(_DEFAULT.beam_size, ge=1, description=_HELP["beam_size"])
-    nbest: int = _option("nbest", ge=1)
-    length_penalty: Literal[tuple(LENGTH_PENALTIES)] = _option("length_penalty")  # type: ignore[valid-type]
-    alpha: float = _option("alpha", ge=0)
-    stopping: Literal[tuple(STOPPING_RULES)] = _option("stopping")  # type: ignore[valid-type]
-    min_len: int = _option("min_len", ge=0)
-    max_len_a: float = _option("max_len_a", ge=0)
-    max_len_b: int = _option("max_len_b", ge=0)
-    no_repeat_ngram: int = _option("no_repeat_ngram", ge=0)
-    sample: bool = _option("sample")
-    temperature: float = _option("temperature", gt=0)
-    top_k: int = _option("top_k", ge=0)
-    top_p: float = _option("top_p", gt=0, le=1)
-    seed: int = _option("seed")
+
+def offered(options_class: type) -> list[DataclassField]:
+    """The fields that users set (the command lines' flags, the requests' fields)."""
+    return [spec for spec in fields(options_class) if spec.metadata.get("cli", True)]
+
+
+def translate_request_model(options_class: type = SearchOptions) -> type[BaseModel]:
+    """The translate request: its segments and one field per option of `options_class`."""
+    options: dict[str, Any] = {}
+    for spec in offered(options_class):
+        choices = spec.metadata.get("choices")
+        annotation = Literal[tuple(choices)] if choices else type(spec.default)
+        options[request_name(spec)] = (annotation, Field(spec.default, description=spec.metadata.get("help", "")))
+    return create_model(
+        "TranslateRequest",
+        __config__=ConfigDict(extra="forbid"),
+        segments=(list[str], Field(description="the texts to translate, one result each, in order")),
+        **options,
+    )
+
+
+def options_of(request: BaseModel, options_class: type[Options] = SearchOptions) -> Options:  # type: ignore[assignment]
+    """The request's options as `options_class` (its checks run: ConfigError on a bad value)."""
+    return options_class(**{spec.name: getattr(request, request_name(spec)) for spec in offered(options_class)})
+
+
+TranslateRequest = translate_request_model()
 
 
 class Hypothesis(BaseModel):

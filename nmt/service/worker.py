@@ -19,6 +19,7 @@ import traceback
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import astuple, dataclass
 from multiprocessing.connection import Connection
+from typing import Protocol
 
 import torch
 
@@ -35,6 +36,15 @@ REAP_S = 5.0  # how long the server waits for a worker that closed its pipe to e
 JOIN_GROUP = 4  # sentences that join a search under way together ...
 JOIN_WAIT_STEPS = 8  # ... unless the first has waited this many steps (_Loop._join_now)
 TranslatorFor = Callable[[SearchOptions], Translator]
+
+
+class Held(Protocol):
+    """A request as a worker holds it: its number and its rough size in tokens."""
+
+    number: int
+
+    @property
+    def tokens(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -195,9 +205,9 @@ class SearchWorker:
     ) -> None:
         request_end, self._requests = multiprocessing.Pipe(duplex=False)
         self._answers, answer_end = multiprocessing.Pipe(duplex=False)
-        self.jobs: dict[int, object] = {}  # requests sent and not answered, by number (the engine's)
+        self.jobs: dict[int, Held] = {}  # requests sent and not answered, by number
         self.tokens = 0  # their rough size
-        self.searches = 0
+        self.searches = 0  # searches started, as its last answer counted them
         self.stopping = False
         args = (translator_for, request_end, answer_end, batching)
         if in_process:
@@ -217,6 +227,29 @@ class SearchWorker:
     @property
     def pid(self) -> int | None:
         return None if self.process is None else self.process.pid
+
+    # What it holds. The engine calls these under the lock its choice of a worker waits on.
+    @property
+    def idle(self) -> bool:
+        return not self.jobs
+
+    def assign(self, job: Held) -> None:
+        """The request is this worker's until its answer (or the worker's end) settles it."""
+        self.jobs[job.number] = job
+        self.tokens += job.tokens
+
+    def settle(self, answer: Answer) -> Held | None:
+        """The request this answer is for (None if it was given up), no longer held."""
+        self.searches = answer.searches
+        job = self.jobs.pop(answer.number, None)
+        if job is not None:
+            self.tokens -= job.tokens
+        return job
+
+    def release_all(self) -> list[Held]:
+        """Every request it holds (it has died), no longer held."""
+        lost, self.jobs, self.tokens = list(self.jobs.values()), {}, 0
+        return lost
 
     def send(self, request: Request) -> None:
         """Raises OSError when the worker has died (its reader reports it)."""
