@@ -53,9 +53,11 @@ class SearchOptions:
     `nmt-translate` and `nmt-evaluate`."""
 
     beam_size: int = option(
-        5, "beam size (1: greedy); with --sample, the samples drawn per input", ("--beam", "--beam-size")
+        5,
+        "beam size (1: greedy); with --sample and no --samples, the samples drawn per input",
+        ("--beam", "--beam-size"),
     )
-    nbest: int = option(1, "keep the N best hypotheses per input (N <= beam size)")
+    nbest: int = option(1, "keep the N best hypotheses per input (N <= beam size, or samples)")
     # Without a length penalty, beam search prefers short outputs (docs/experiments.md).
     length_penalty: str = option(
         "average", "rank by log-prob (none), log-prob / length (average) or GNMT's penalty", choices=LENGTH_PENALTIES
@@ -70,6 +72,7 @@ class SearchOptions:
     max_len_b: int = option(10, "output length limit: a * source length + b pieces")
     no_repeat_ngram: int = option(0, "never repeat an n-gram of this size within a hypothesis (0: off)")
     sample: bool = option(False, "draw every piece at random from the model's distribution instead of searching")
+    samples: int = option(0, "sampling: the samples drawn per input (0: the beam size)")
     temperature: float = option(1.0, "sampling: divide the logits by this (< 1: sharper, > 1: flatter)")
     top_k: int = option(0, "sampling: draw among the k most probable pieces only (0: all)")
     top_p: float = option(1.0, "sampling: draw among the most probable pieces that hold this much probability")
@@ -79,9 +82,11 @@ class SearchOptions:
 
     def __post_init__(self) -> None:
         check(self.beam_size >= 1, f"beam_size={self.beam_size} must be >= 1")
+        check_positive("samples", self.samples, allow_zero=True)
+        hypotheses = ("samples", self.sample_count) if self.sample else ("the beam size", self.beam_size)
         check(
-            1 <= self.nbest <= self.beam_size,
-            f"nbest={self.nbest} must be between 1 and the beam size ({self.beam_size})",
+            1 <= self.nbest <= hypotheses[1],
+            f"nbest={self.nbest} must be between 1 and {hypotheses[0]} ({hypotheses[1]})",
         )
         check_choice("length_penalty", self.length_penalty, LENGTH_PENALTIES)
         check_choice("stopping", self.stopping, STOPPING_RULES)
@@ -92,9 +97,14 @@ class SearchOptions:
         check(self.no_repeat_ngram != 1, "no_repeat_ngram=1 would forbid every repeated piece; use 2 or more (0: off)")
         check(self.temperature > 0, f"temperature={self.temperature} must be > 0")
         check(0.0 < self.top_p <= 1.0, f"top_p={self.top_p} must be in (0, 1]")
-        sampling_only = {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
+        sampling_only = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "samples": 0}
         changed = [key for key, neutral in sampling_only.items() if getattr(self, key) != neutral]
         check(self.sample or not changed, f"{', '.join(changed)} only apply with sample=true (--sample)")
+
+    @property
+    def sample_count(self) -> int:
+        """Samples drawn per input when sampling: `samples`, or the beam size (the older flags)."""
+        return self.samples or self.beam_size
 
 
 @dataclass

@@ -7,9 +7,8 @@ import pytest
 import torch
 from helpers import PAIRS, lively_model, random_batch, small_model
 
-from nmt.config import DecoderConfig
+from nmt.config import DecoderConfig, SearchOptions
 from nmt.model.onednn import OneDNNLinear, onednn_available, use_onednn_linears
-from nmt.options import SearchOptions
 from nmt.search import can_join, search, start_search
 from nmt.translation import Translator
 

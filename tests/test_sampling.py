@@ -9,8 +9,8 @@ import pytest
 import torch
 from helpers import TableModel, table_from
 
+from nmt.config import ConfigError, SearchOptions
 from nmt.data.tokenizer import BOS_ID, EOS_ID
-from nmt.options import ConfigError, SearchOptions
 from nmt.search import search
 from nmt.search.sampling import sampling_distribution
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from helpers import NEVER, PAIRS, TableModel, table_from
 
+from nmt.config import SearchOptions
 from nmt.data.batching import collate_src
 from nmt.data.tokenizer import BOS_ID, EOS_ID
-from nmt.options import SearchOptions
 from nmt.search import beam_search, greedy_search, length_penalty, search
 from nmt.translation import load_model
 

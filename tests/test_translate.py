@@ -260,3 +260,16 @@ def test_an_output_that_cannot_be_written_is_named_not_its_temporary_file(traine
     )
     assert result.returncode == 2 and words in result.stderr
     assert ".partial" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_number_of_samples_is_an_option_of_its_own_and_the_beam_size_still_gives_it(trained_run):
+    lines = [source for source, _ in PAIRS[:6]]
+    inference = {"device": "cpu", "workers": 1}
+    by_beam = Translator.load(trained_run, sample=True, beam_size=3, nbest=2, seed=5, **inference)
+    by_samples = Translator.load(trained_run, sample=True, samples=3, nbest=2, seed=5, **inference)
+    assert by_samples.options.beam_size == 5  # the default beam, unused by sampling
+    assert [t.nbest for t in by_samples.translate_lines(lines)] == [t.nbest for t in by_beam.translate_lines(lines)]
+    with pytest.raises(ValueError, match="samples only apply with sample=true"):
+        SearchOptions(samples=3)
+    with pytest.raises(ValueError, match=r"nbest=4 must be between 1 and samples \(3\)"):
+        SearchOptions(sample=True, samples=3, nbest=4)

@@ -11,7 +11,7 @@ import torch
 
 from nmt.options import SearchOptions
 from nmt.search.beam import BeamSearch, beam_search
-from nmt.search.greedy import GreedySearch, greedy_search
+from nmt.search.greedy import GreedySearch, SamplingSearch, greedy_search
 from nmt.search.hypothesis import Hypothesis, length_penalty, max_output_lengths
 from nmt.search.protocol import DecoderState, DecodingModel
 from nmt.search.running import RunningSearch, can_join, decode_all
@@ -23,6 +23,7 @@ __all__ = [
     "GreedySearch",
     "Hypothesis",
     "RunningSearch",
+    "SamplingSearch",
     "SearchOptions",
     "beam_search",
     "can_join",
@@ -47,6 +48,8 @@ def search(
 
 def start_search(model: DecodingModel, options: SearchOptions) -> RunningSearch:
     """A running search with these options, empty: `add` sentences, then `step` while `busy`."""
-    if options.sample or options.beam_size == 1:
+    if options.sample:
+        return SamplingSearch(model, options)
+    if options.beam_size == 1:
         return GreedySearch(model, options)
     return BeamSearch(model, options)

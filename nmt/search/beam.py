@@ -16,10 +16,10 @@ import torch
 
 from nmt.data.special import BOS_ID, EOS_ID
 from nmt.options import SearchOptions
-from nmt.search.constraints import block_repeated_ngrams, restrict_eos
 from nmt.search.hypothesis import Hypothesis, best_first, length_penalty, make_hypothesis
-from nmt.search.protocol import DecoderState, DecodingModel
-from nmt.search.running import Finished, decode_all, new_rows, own_tokens, take_in
+from nmt.search.protocol import DecodingModel
+from nmt.search.rows import RowSearch
+from nmt.search.running import Finished, decode_all, own_tokens
 
 
 @torch.no_grad()
@@ -30,27 +30,20 @@ def beam_search(
     return decode_all(BeamSearch(model, options), src, src_lengths)
 
 
-class BeamSearch:
+class BeamSearch(RowSearch):
     """A running beam search: `live` sentences x `width` beams, as rows; `width` is 1 until the
-    first expansion, then beam_size."""
+    first expansion, then beam_size. Every step keeps the k best continuations of each sentence."""
+
+    # Per live sentence: its length limit, the pieces its beams have, the nbest-th best finished
+    # score (-inf until it has nbest) and its beams' log-probs (live, width); per row: the pieces
+    # so far and the last one.
+    joined = ("limits", "steps", "nbest_score", "scores", "history", "prev_tokens")
 
     def __init__(self, model: DecodingModel, options: SearchOptions) -> None:
-        self.model, self.options = model, options
-        self.state: DecoderState | None = None
+        super().__init__(model, options)
         self.keys: list[Hashable] = []  # of every live sentence
-        self.finished: dict[Hashable, list[Hypothesis]] = {}
-        # Per live sentence: its length limit, the pieces its beams have, and the nbest-th best
-        # finished score (-inf until it has nbest).
         self.limits = self.steps = self.nbest_score = torch.empty(0)
-        self.scores = torch.empty(0, 1)  # (live, width) log-probs
-        # Per row: the pieces so far (rows, T, newest last; a sentence that joined later has
-        # fewer, on the right) and the last one.
-        self.history = self.prev_tokens = torch.empty(0, dtype=torch.long)
-        self.attention: torch.Tensor | None = None  # (rows, T, src_len) with options.return_attention
-
-    @property
-    def busy(self) -> bool:
-        return self.state is not None
+        self.scores = torch.empty(0, 1)
 
     @property
     def width(self) -> int:
@@ -59,8 +52,8 @@ class BeamSearch:
 
     @torch.no_grad()
     def add(self, src: torch.Tensor, src_lengths: torch.Tensor, keys: Sequence[Hashable]) -> None:
-        options, device, sentences = self.options, src.device, src.size(0)
-        state, limits = new_rows(self, src, src_lengths)
+        device, sentences = src.device, src.size(0)
+        state, limits = self.encode(src, src_lengths)
         self.keys += keys
         self.finished.update((key, []) for key in keys)
         width = self.width if self.busy else 1
@@ -68,34 +61,20 @@ class BeamSearch:
         if width > 1:  # expands as one row: the others cannot win
             state = state.reorder_beams(torch.arange(sentences, device=device).repeat_interleave(width))
             scores[:, 1:] = -math.inf
-        history = torch.zeros(
-            sentences * width, self.history.size(1) if self.busy else 0, dtype=torch.long, device=device
-        )
         new = {
             "limits": limits,
             "steps": torch.zeros(sentences, dtype=torch.long, device=device),
             "nbest_score": torch.full((sentences,), -math.inf, device=device),
             "scores": scores,
-            "history": history,
+            "history": self.new_history(sentences * width, device),
             "prev_tokens": torch.full((sentences * width,), BOS_ID, dtype=torch.long, device=device),
         }
-        if self.state is None and options.return_attention:
-            self.attention = torch.empty(sentences, 0, src.size(1), device=device)
-        take_in(self, state, new)
+        self.join_rows(state, new, src.size(1))
 
     @torch.no_grad()
     def step(self) -> Finished:
-        assert self.state is not None, "add sentences first"
-        options = self.options
-        log_probs, self.state = self.model.step(self.prev_tokens, self.state)  # (rows, vocab)
-        restrict_eos(
-            log_probs,
-            self.steps.repeat_interleave(self.width),
-            options.min_len,
-            self.limits.repeat_interleave(self.width),
-        )
-        if options.no_repeat_ngram:
-            block_repeated_ngrams(log_probs, self.history, options.no_repeat_ngram)
+        width = self.width
+        log_probs = self.next_log_probs(self.steps.repeat_interleave(width), self.limits.repeat_interleave(width))
         self._expand(log_probs)
         self.steps += 1
         return self._prune()
@@ -132,12 +111,7 @@ class BeamSearch:
         parent_rows = (torch.arange(live, device=keep.device) * width).unsqueeze(1) + top_beams.gather(1, keep)
         parent_rows = parent_rows.view(-1)  # (live * k,)
         self.state = self.state.reorder_beams(parent_rows)  # parents are the sentence's own beams
-        self.prev_tokens = top_tokens.gather(1, keep).view(-1)
-        self.history = torch.cat([self.history[parent_rows], self.prev_tokens.unsqueeze(1)], dim=1)
-        if self.attention is not None and self.state.attention_weights is not None:
-            self.attention = torch.cat(
-                [self.attention[parent_rows], self.state.attention_weights.unsqueeze(1).float()], 1
-            )
+        self.extend(top_tokens.gather(1, keep).view(-1), parent_rows)
 
     def _prune(self) -> Finished:
         """Drop the sentences that are done -> their nbest hypotheses.
@@ -166,15 +140,8 @@ class BeamSearch:
         rows = ((keep * k).unsqueeze(1) + torch.arange(k, device=keep.device)).view(-1)
         self.keys = [self.keys[i] for i in keep.tolist()]
         self.limits, self.steps, self.nbest_score = self.limits[keep], self.steps[keep], self.nbest_score[keep]
-        self.scores, self.state, self.prev_tokens = (
-            self.scores[keep],
-            self.state.select_sentences(keep),
-            self.prev_tokens[rows],
-        )
-        longest = int(self.steps.max())  # history beyond every sentence's own is padding
-        self.history = self.history[rows, self.history.size(1) - longest :]
-        if self.attention is not None:
-            self.attention = self.attention[rows]
+        self.scores, self.state = self.scores[keep], self.state.select_sentences(keep)
+        self.keep_rows(rows, int(self.steps.max()))
         return finished
 
     def _add_finished(self, live_sentence: int, hypothesis: Hypothesis) -> None:

@@ -1,8 +1,8 @@
 """A running search: sentences join it between steps and leave it as soon as they are done.
 
 A translation service cannot wait for a batch of sentences to finish before starting the next:
-its sentences arrive one by one. Greedy and beam search (`GreedySearch`, `BeamSearch`) are written
-as running searches. `add` encodes new sentences and joins their decoder state to the rows in
+its sentences arrive one by one. Greedy search, sampling and beam search (`GreedySearch`,
+`SamplingSearch`, `BeamSearch`, on the rows of `nmt.search.rows`) are written as running searches. `add` encodes new sentences and joins their decoder state to the rows in
 progress (`DecoderState.join`); `step` decodes one piece of every row and hands back the sentences
 that are done. Every sentence keeps its own step count, so its answer is the one it gets alone
 (up to the order of floating-point sums, which a batch's composition can change). A whole batch
@@ -17,7 +17,7 @@ from typing import Protocol
 import torch
 
 from nmt.options import SearchOptions
-from nmt.search.hypothesis import Hypothesis, max_output_lengths
+from nmt.search.hypothesis import Hypothesis
 
 Finished = list[tuple[Hashable, list[Hypothesis]]]  # (key, its nbest hypotheses, best first)
 
@@ -54,30 +54,6 @@ def decode_all(search: RunningSearch, src: torch.Tensor, src_lengths: torch.Tens
     while search.busy:
         results.update(search.step())
     return [results[i] for i in range(src.size(0))]
-
-
-def new_rows(search, src: torch.Tensor, src_lengths: torch.Tensor):
-    """The decoder state (a row per sentence) and length limits (sentences,) of sentences that
-    join `search`; refused while it is busy with options that cannot take late sentences."""
-    options = search.options
-    if search.busy and not can_join(options):
-        raise ValueError("sentences cannot join a search under way that samples, blocks n-grams or keeps attention")
-    state = search.model.init_decoder(search.model.encode(src, src_lengths))
-    limits = max_output_lengths(src_lengths, options.max_len_a, options.max_len_b, options.max_len_cap)
-    return state, limits.to(src.device)
-
-
-def take_in(search, state, per_row: dict[str, torch.Tensor]) -> None:
-    """Make a new batch's decoder state and per-row tensors (attribute name -> tensor) the
-    search's, when it is idle, or append them to its own (`DecoderState.join`)."""
-    if search.state is None:
-        search.state = state
-        for name, tensor in per_row.items():
-            setattr(search, name, tensor)
-        return
-    search.state = search.state.join(state)
-    for name, tensor in per_row.items():
-        setattr(search, name, torch.cat([getattr(search, name), tensor]))
 
 
 def own_tokens(history: list[list[int]], steps: list[int]) -> list[list[int]]:

@@ -53,7 +53,7 @@ class Limits:
     max_body_bytes: int = setting(1 << 20, "largest request body in bytes (beyond: 413)")
     max_segments: int = setting(64, "segments per request (beyond: 400)")
     max_chars: int = setting(2000, "characters per segment (beyond: 400)")
-    max_beam: int = setting(16, "largest beam a request may ask for (beyond: 400)")
+    max_beam: int = setting(16, "largest beam, or number of samples, a request may ask for (beyond: 400)")
     max_nbest: int = setting(16, "largest nbest a request may ask for (beyond: 400)")
     timeout_s: float = setting(30.0, "seconds from a request's arrival to its answer (beyond: 504)")
 
@@ -238,6 +238,7 @@ def _search_options(body: BaseModel, limits: Limits) -> SearchOptions:
     for name, value, limit in (
         ("beam_size", options.beam_size, limits.max_beam),
         ("nbest", options.nbest, limits.max_nbest),
+        ("samples", options.sample_count if options.sample else 0, limits.max_beam),
     ):
         if value > limit:
             field_name = REQUEST_NAMES[name]
