@@ -134,10 +134,10 @@ def main() -> int:
         rows.append((attempt + 1, kind, seen, last_step(log), saved))
         print(f"kill {attempt + 1}: {kind}: {seen}; last logged step {last_step(log)}, last.pt at {saved}", flush=True)
     final = start(command(run, args.processes, args.data, True), out / "final.log").wait()
-    a = Checkpoint.load(straight / "checkpoints" / "last.pt").model
-    b = Checkpoint.load(run / "checkpoints" / "last.pt").model
-    identical = all(torch.equal(a[name], b[name]) for name in a)
-    largest = max(float((a[name] - b[name]).abs().max()) for name in a)
+    a = Checkpoint.load(straight / "checkpoints" / "last.pt")
+    b = Checkpoint.load(run / "checkpoints" / "last.pt")
+    identical = all(torch.equal(a.model[name], b.model[name]) for name in a.model)
+    largest = max(float((a.model[name] - b.model[name]).abs().max()) for name in a.model)
     table = [
         f"SIGKILL x {args.kills}, train.processes={args.processes}, seed {args.seed}, {STEPS} steps",
         "",
@@ -145,13 +145,13 @@ def main() -> int:
         "| ---: | --- | --- | ---: | ---: |",
         *(f"| {n} | {kind} | {seen} | {logged} | {saved} |" for n, kind, seen, logged, saved in rows),
         "",
-        f"final resume exit status {final}; steps {b['progress']['step']} vs {a['progress']['step']}; "
+        f"final resume exit status {final}; steps {b.progress.step} vs {a.progress.step}; "
         f"weights bit-identical: {identical}; largest difference {largest:.3g}",
     ]
     (out / "faults.md").write_text("\n".join(table) + "\n")
     (out / "faults.json").write_text(json.dumps({"rows": rows, "identical": identical, "largest": largest}) + "\n")
     print("\n".join(table))
-    return 0 if final == 0 and b["progress"]["step"] == a["progress"]["step"] else 1
+    return 0 if final == 0 and b.progress.step == a.progress.step else 1
 
 
 if __name__ == "__main__":
