@@ -77,12 +77,12 @@ class Checkpoint:
     training: TrainingState | None = None  # last.pt's; None in best.pt and the kept ones
     averaged_from: list[str] = field(default_factory=list)
 
-    def save(self, path: Path) -> None:
-        write_payload(self._payload(), path)
+    def save(self, path: str | Path) -> None:
+        write_payload(self._payload(), Path(path))
 
     @classmethod
-    def load(cls, path: Path) -> Checkpoint:
-        return cls._from_payload(read_payload(path), path)
+    def load(cls, path: str | Path) -> Checkpoint:
+        return cls._from_payload(read_payload(Path(path)), Path(path))
 
     def build_model(self, device: str | torch.device = "cpu") -> Seq2Seq:
         """The model its config describes, holding its weights, in eval mode on `device`."""

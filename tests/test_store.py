@@ -3,11 +3,13 @@ processes that need it, and the same pairs and ids as the corpus it came from.""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import multiprocessing
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -218,19 +220,53 @@ def test_a_failed_preparation_ends_the_job_with_one_line_naming_the_cause(text_c
     assert not list(cache_root(tiny_config(text_corpus).data).glob("stores/*.tmp-*"))  # nothing half-written
 
 
-def test_a_killed_preparation_leaves_no_store_and_the_next_run_prepares_it(text_corpus, tmp_path, monkeypatch):
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def test_a_killed_preparation_leaves_no_store_and_the_next_run_prepares_it(text_corpus, tmp_path):
     config = data_config(text_corpus)
-    from nmt.data import preparation
+    outcome: list = []
 
-    def killed(*args, **kwargs):
-        os.kill(os.getpid(), 9)
+    def prepare() -> None:
+        try:
+            outcome.append(prepare_store(config))
+        except DataError as error:
+            outcome.append(error)
 
-    monkeypatch.setattr(preparation, "build_store", killed)
-    with pytest.raises(DataError, match="stopped by SIGKILL"):
-        prepare_store(config)
+    preparing = threading.Thread(target=prepare)
+    preparing.start()
+    deadline = time.monotonic() + 60
+    while not (children := _children(os.getpid())) and preparing.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    for child in children:  # killed from outside, as the kernel's OOM killer would
+        os.kill(child, signal.SIGKILL)
+    preparing.join()
+    assert children and isinstance(outcome[0], DataError) and "stopped by SIGKILL" in str(outcome[0])
     assert not store_dir(config).exists()
-    monkeypatch.undo()
     assert len(prepare_store(config).train) == len(SPLITS["train"])
+
+
+def test_preparing_in_a_process_that_has_run_torch_threads_finishes(text_corpus):
+    """A fork of a process whose OpenMP pool had run (a benchmark, a notebook) hung in
+    SentencePiece's training: the preparation runs in a fresh interpreter."""
+    code = (
+        "import torch, sys\n"
+        "from nmt.config import DataConfig\n"
+        "from nmt.data.store import prepare_store\n"
+        "torch.set_num_threads(2); a = torch.randn(1024, 1024); (a @ a).sum()\n"
+        "from nmt.config import TokenizerConfig\n"
+        f"config = DataConfig(name='toy', source={str(text_corpus)!r}, tokenizer=TokenizerConfig(vocab_size=80))\n"
+        "store = prepare_store(config)\n"
+        "print(len(store.train))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == str(len(SPLITS["train"])), result.stderr
 
 
 def test_a_resume_finds_its_store_or_prepares_one_with_the_checkpoint_s_tokenizer(text_corpus, tmp_path):

@@ -23,10 +23,11 @@ import fcntl
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
+import pickle
 import shutil
 import signal
+import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -225,53 +226,62 @@ def _prepare_once(
 
 def _build(data: DataConfig, tokenizer: Tokenizer | None, workers: int, directory: Path) -> dict:
     """`build_store` in a child process on Linux (its memory goes back when it ends; a crash in
-    it is reported, not inherited), here elsewhere."""
+    it is reported, not inherited), here elsewhere. The child is a fresh interpreter, not a fork:
+    a process that has run torch's OpenMP threads (a notebook, a benchmark) forks children whose
+    SentencePiece training never returns, and a fresh one imports nothing of the caller's script."""
     from nmt.data.preparation import build_store
 
     if not sys.platform.startswith("linux"):
         return build_store(data, directory, tokenizer, workers)
-    context = multiprocessing.get_context("fork")
-    receiver, sender = context.Pipe(duplex=False)
-    child = context.Process(target=_child, args=(data, tokenizer, workers, directory, sender), name="nmt-prepare")
-    child.start()
-    sender.close()
+    answer_read, answer_write = os.pipe()
+    package_root = str(Path(__file__).resolve().parents[2])  # this nmt, whatever the child's path says
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-c", f"from nmt.data.store import _child; _child({answer_write})"]
+    child = subprocess.Popen(command, stdin=subprocess.PIPE, pass_fds=(answer_write,), env=env)
+    os.close(answer_write)
+    level = logging.getLogger("nmt").getEffectiveLevel()
     try:
-        child.join()
+        assert child.stdin is not None
+        with contextlib.suppress(BrokenPipeError):  # it died at once: its answer says nothing
+            child.stdin.write(pickle.dumps((data, tokenizer, workers, directory, level)))
+            child.stdin.close()
+        with os.fdopen(answer_read, "rb") as answers:
+            answer = answers.read()
+        child.wait()
     finally:
-        if child.is_alive():  # interrupted (Ctrl-C): the preparation stops with this process
+        if child.poll() is None:  # interrupted (Ctrl-C): the preparation stops with this process
             child.kill()
-            child.join()
-    try:
-        kind, outcome = receiver.recv()
-    except EOFError:  # it died without a word
-        kind, outcome = "killed", None
+            child.wait()
+    kind, outcome = pickle.loads(answer) if answer else ("killed", None)
     if kind == "done":
         return outcome
     if kind == "user error":
         raise DataError(outcome)
     if kind == "error":
         raise DataError(f"preparing the corpus failed: {outcome}")
-    cause = f"exit status {child.exitcode}"
+    cause = f"exit status {child.returncode}"
     with contextlib.suppress(ValueError):
-        cause = signal.Signals(-child.exitcode).name
+        cause = signal.Signals(-child.returncode).name
     raise DataError(f"preparing the corpus was stopped by {cause} (out of memory? lower data.tokenizer.max_sentences)")
 
 
-def _child(data: DataConfig, tokenizer: Tokenizer | None, workers: int, directory: Path, sender) -> None:
+def _child(answer_fd: int) -> None:
+    """The preparation process: its work arrives pickled on stdin, its outcome leaves on `answer_fd`."""
     from nmt.data.preparation import build_store
 
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_NAME, b"nmt-prepare")
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # dies with the process that waits for it
-    try:
-        sender.send(("done", build_store(data, directory, tokenizer, workers)))
-    except (DataError, TokenizerError) as error:
-        sender.send(("user error", str(error)))
-        os._exit(2)
-    except Exception as error:
-        log.debug("preparation failed", exc_info=error)
-        sender.send(("error", f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"))
-        os._exit(1)
-    sender.close()
-    os._exit(0)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_NAME, b"nmt-prepare")
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # dies with the process that waits for it
+    data, tokenizer, workers, directory, level = pickle.loads(sys.stdin.buffer.read())
+    logging.basicConfig(level=level, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    with os.fdopen(answer_fd, "wb") as answers:
+        try:
+            outcome = ("done", build_store(data, directory, tokenizer, workers))
+            code = 0
+        except (DataError, TokenizerError) as error:
+            outcome, code = ("user error", str(error)), 2
+        except Exception as error:
+            log.debug("preparation failed", exc_info=error)
+            outcome, code = ("error", f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"), 1
+        answers.write(pickle.dumps(outcome))
+    os._exit(code)
