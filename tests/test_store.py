@@ -220,11 +220,13 @@ def test_a_failed_preparation_ends_the_job_with_one_line_naming_the_cause(text_c
     assert not list(cache_root(tiny_config(text_corpus).data).glob("stores/*.tmp-*"))  # nothing half-written
 
 
-def _children(pid: int) -> list[int]:
+def _preparations(pid: int) -> list[int]:
+    """The preparation processes `pid` has started."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, IndexError):
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if parent == pid and b"nmt.data.store" in (stat.parent / "cmdline").read_bytes():
                 found.append(int(stat.parent.name))
     return found
 
@@ -242,7 +244,7 @@ def test_a_killed_preparation_leaves_no_store_and_the_next_run_prepares_it(text_
     preparing = threading.Thread(target=prepare)
     preparing.start()
     deadline = time.monotonic() + 60
-    while not (children := _children(os.getpid())) and preparing.is_alive() and time.monotonic() < deadline:
+    while not (children := _preparations(os.getpid())) and preparing.is_alive() and time.monotonic() < deadline:
         time.sleep(0.005)
     for child in children:  # killed from outside, as the kernel's OOM killer would
         os.kill(child, signal.SIGKILL)
