@@ -11,7 +11,6 @@ checkpoint names its members in `averaged_from`. Only this module builds or read
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import pickle
 import tempfile
@@ -24,10 +23,7 @@ import torch
 
 from nmt.config import Config
 from nmt.data.tokenizer import Tokenizer
-from nmt.model.device import resolve_device
 from nmt.model.seq2seq import Seq2Seq, build_model
-
-log = logging.getLogger(__name__)
 
 FORMAT = "nmt-checkpoint-1"
 LAST, BEST = "last.pt", "best.pt"
@@ -133,18 +129,6 @@ class Checkpoint:
             raise CheckpointError(
                 f"{path} is not a complete nmt checkpoint ({type(error).__name__}: {error})"
             ) from None
-
-
-def load_for_translation(run_or_checkpoint: str | Path, device: str = "auto") -> tuple[Seq2Seq, Checkpoint]:
-    """A run's (best, else last) or a file's model, on the device in eval mode, and its checkpoint."""
-    path = resolve_checkpoint(run_or_checkpoint)
-    checkpoint = Checkpoint.load(path)
-    try:
-        model = checkpoint.build_model(resolve_device(device))
-    except CheckpointError as error:
-        raise CheckpointError(f"{path}: {error}") from None
-    log.info("loaded %s (step %d)", path, checkpoint.progress.step)
-    return model, checkpoint
 
 
 def load_for_resume(run_dir: str | Path) -> Checkpoint:

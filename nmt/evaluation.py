@@ -4,21 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nmt.checkpoint import Checkpoint
 from nmt.data.corpus import load_split, read_lines, split_source
+from nmt.model_sources import load_checkpoint
 
 
 def corpus_split(checkpoint: Path, split: str, source: str | None = None) -> tuple[list[str], list[str]]:
     """Sources and references of a split of the corpus the checkpoint was trained on (or of
     `source`): only that split is read."""
-    data = Checkpoint.load(checkpoint).config.data
+    data = load_checkpoint(checkpoint).config.data
     text = load_split(split_source(data, split, source))
     return text.src, text.tgt
 
 
 def language_pair(checkpoint: Path) -> str:
     """The checkpoint's languages as sacrebleu names them, e.g. `de-en`."""
-    data = Checkpoint.load(checkpoint).config.data
+    data = load_checkpoint(checkpoint).config.data
     return f"{data.src_lang}-{data.tgt_lang}"
 
 

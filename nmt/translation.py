@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from nmt.checkpoint import Checkpoint, CheckpointError, load_for_translation
+from nmt.checkpoint import Checkpoint, CheckpointError
 from nmt.config import Config
 from nmt.data.batching import collate_src, token_budget_batches
 from nmt.data.tokenizer import Tokenizer
@@ -33,6 +33,7 @@ from nmt.model.device import autocast, resolve_precision
 from nmt.model.onednn import onednn_available, use_onednn_linears
 from nmt.model.quantize import quantize_int8
 from nmt.model.seq2seq import Seq2Seq
+from nmt.model_sources import load_for_translation
 from nmt.options import InferenceOptions, SearchOptions
 from nmt.search import DecodingModel, Hypothesis, search, start_search
 from nmt.search.ensemble import Ensemble

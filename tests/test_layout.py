@@ -22,6 +22,10 @@ LAYERS = {
     "search": ["nmt.search"],
     "library": [
         "nmt.checkpoint",
+        "nmt.model_directory",
+        "nmt.hub",
+        "nmt.model_sources",
+        "nmt.model_card",
         "nmt.workers",
         "nmt.translation",
         "nmt.scoring",

@@ -19,10 +19,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from nmt.checkpoint import CheckpointError, resolve_checkpoint
+from nmt.checkpoint import CheckpointError
 from nmt.cli.options import add_option_flags, options_from_args
 from nmt.data.corpus import DataError, read_lines
 from nmt.evaluation import corpus_split, language_pair, sacrebleu_testset
+from nmt.model_sources import resolve_model
 from nmt.options import InferenceOptions, SearchOptions
 from nmt.scoring import Score, corpus_scores
 from nmt.translation import Translator
@@ -79,6 +80,10 @@ def evaluate_model(
 
 
 def _results_dir(checkpoint: Path) -> Path:
+    """The run's results/; a model directory's results go under ./results/NAME (a Hub
+    snapshot lives in the hub client's cache, which is not ours to write)."""
+    if checkpoint.is_dir():
+        return Path("results") / checkpoint.name
     run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
     return run_dir / "results"
 
@@ -145,9 +150,9 @@ def evaluations(args: argparse.Namespace) -> list[Evaluation]:
         return [Evaluation(args.hyp, Path(args.ref).name, 0, len(hypotheses), scores)]
     results = []
     models = (
-        [[resolve_checkpoint(c) for c in args.checkpoints]]
+        [[resolve_model(c) for c in args.checkpoints]]
         if args.ensemble
-        else [[resolve_checkpoint(c)] for c in args.checkpoints]
+        else [[resolve_model(c)] for c in args.checkpoints]
     )
     for checkpoints in models:
         checkpoint = checkpoints[0]

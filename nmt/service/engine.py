@@ -36,8 +36,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from nmt.checkpoint import resolve_checkpoint
 from nmt.model.seq2seq import count_parameters
+from nmt.model_directory import WEIGHTS
+from nmt.model_sources import resolve_model
 from nmt.options import InferenceOptions, SearchOptions
 from nmt.search import can_join
 from nmt.service.worker import Answer, Outcome, Request, SearchWorker
@@ -89,7 +90,7 @@ class LoadedModel:
 
     @classmethod
     def load(cls, run_or_checkpoint: str | Path, inference: InferenceOptions) -> LoadedModel:
-        path = resolve_checkpoint(run_or_checkpoint)
+        path = resolve_model(run_or_checkpoint)
         digest = _sha256(path)  # read first: what is hashed is what is loaded, unless it is rewritten between
         translator = Translator.load(path, inference=replace(inference, workers=1)).freeze()
         config = translator.config
@@ -121,7 +122,7 @@ class LoadedModel:
 
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as file:
+    with open(path / WEIGHTS if path.is_dir() else path, "rb") as file:
         for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
