@@ -59,7 +59,7 @@ def write_model_directory(checkpoint: Checkpoint, directory: Path, precision: st
             "precision": precision,
             "config": checkpoint.config.to_dict(),
             "progress": asdict(checkpoint.progress),
-            "averaged_from": checkpoint.averaged_from,
+            "averaged_from": [Path(member).name for member in checkpoint.averaged_from],  # no local paths
         }
         (partial / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         checkpoint.tokenizer.save(partial)

@@ -64,3 +64,16 @@ def test_checkpoints_of_another_model_or_vocabulary_are_refused(kept_run, tmp_pa
         assert words in error and "Traceback" not in error and not out.exists()
     assert nmt.cli.average.main([str(kept_run), "--last", "5", "-o", str(tmp_path / "x.pt")]) == 2
     assert "keeps 2 step checkpoints, fewer than --last 5" in capsys.readouterr().err
+
+
+def test_the_average_can_be_written_as_a_model_directory(kept_run, tmp_path):
+    pytest.importorskip("safetensors")
+    from nmt.model_directory import read_model_directory
+
+    directory = tmp_path / "averaged"
+    assert nmt.cli.average.main([str(kept_run), "--last", "2", "-o", str(directory)]) == 0
+    as_file = tmp_path / "avg.pt"
+    assert nmt.cli.average.main([str(kept_run), "--last", "2", "-o", str(as_file)]) == 0
+    loaded, expected = read_model_directory(directory), Checkpoint.load(as_file)
+    assert all(torch.equal(loaded.model[name], weight) for name, weight in expected.model.items())
+    assert (directory / "README.md").read_text().count("mean of 2 checkpoints") == 1
