@@ -350,7 +350,7 @@ def test_an_annealed_rate_falls_to_min_lr_and_resumes_on_the_same_fall(text_corp
     run_training(tiny_config(text_corpus, **options), straight)
     last = Checkpoint.load(straight / "checkpoints" / "last.pt")
     # The 12th update ran with 11/12 of the budget spent: 5/6 of the way down from 0.003 to 1e-4.
-    assert last["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.003 + (1e-4 - 0.003) * 5 / 6)
+    assert last.training.optimizer["param_groups"][0]["lr"] == pytest.approx(0.003 + (1e-4 - 0.003) * 5 / 6)
 
     interrupted = tmp_path / "interrupted"
     with monkeypatch.context() as patch:  # a run that stops after its 7th update, mid-fall
