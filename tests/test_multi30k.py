@@ -27,7 +27,7 @@ def test_smoke_preset_trains_on_multi30k_and_translates(tmp_path):
     )
     assert trained.returncode == 0, trained.stderr
     progress = Checkpoint.load(run / "checkpoints" / "last.pt").progress
-    assert progress["epoch"] == 2 and progress["step"] > 0
+    assert progress.epoch == 2 and progress.step > 0
     assert list((run / "tensorboard").glob("events.*")) and (run / "tokenizer" / "joint.model").is_file()
     translated = subprocess.run(
         [str(BIN / "nmt-translate"), str(run)],
