@@ -69,7 +69,7 @@ def _process_class(pid: int) -> str:
     name = Path(f"/proc/{pid}/comm").read_text().strip() if Path(f"/proc/{pid}/comm").exists() else ""
     if "RANK" in env and "nmt.cli.train" in cmdline:
         return "preparation" if name.startswith("nmt-prepare") else f"rank {env['RANK']}"
-    if name.startswith("nmt-prepare"):
+    if name.startswith("nmt-prepare") or "nmt.data.store" in cmdline:  # named once its imports are done
         return "preparation"
     if "nmt-train" in cmdline or "nmt.cli.train" in cmdline:
         return "launcher"

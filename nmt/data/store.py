@@ -267,11 +267,11 @@ def _build(data: DataConfig, tokenizer: Tokenizer | None, workers: int, director
 
 def _child(answer_fd: int) -> None:
     """The preparation process: its work arrives pickled on stdin, its outcome leaves on `answer_fd`."""
-    from nmt.data.preparation import build_store
-
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_NAME, b"nmt-prepare")
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # dies with the process that waits for it
+    from nmt.data.preparation import build_store
+
     data, tokenizer, workers, directory, level = pickle.loads(sys.stdin.buffer.read())
     logging.basicConfig(level=level, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     with os.fdopen(answer_fd, "wb") as answers:
