@@ -101,10 +101,11 @@ class Checkpoint:
             "model": self.model,
             "progress": asdict(self.progress),
         }
-        if self.training is not None:
-            payload.update(asdict(self.training))
-            if self.training.trained_model is None:
-                del payload["trained_model"]
+        training = self.training
+        if training is not None:  # torch's state dicts as they are: asdict would deep-copy every tensor
+            payload |= {"optimizer": training.optimizer, "scheduler": training.scheduler, "rng": training.rng}
+            if training.trained_model is not None:
+                payload["trained_model"] = training.trained_model
         if self.averaged_from:
             payload["averaged_from"] = list(self.averaged_from)
         return payload
@@ -180,7 +181,7 @@ def _fsync_directory(directory: Path) -> None:
 
 def read_payload(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """The dict `write_payload` wrote; every way a file can fail to be one is a CheckpointError
-    in nmt's words (torch's own advise `weights_only=False`, which nmt exists to withhold)."""
+    in nmt's words (torch's own messages advise turning `weights_only` off, the advice nmt exists to withhold)."""
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     damaged = f"{path} is not a readable nmt checkpoint: the file is truncated or damaged, or of another kind"

@@ -235,7 +235,8 @@ def _build(data: DataConfig, tokenizer: Tokenizer | None, workers: int, director
         return build_store(data, directory, tokenizer, workers)
     answer_read, answer_write = os.pipe()
     package_root = str(Path(__file__).resolve().parents[2])  # this nmt, whatever the child's path says
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")])}
+    paths = [package_root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}  # no empty entry: it would mean the cwd
     command = [sys.executable, "-c", f"from nmt.data.store import _child; _child({answer_write})"]
     child = subprocess.Popen(command, stdin=subprocess.PIPE, pass_fds=(answer_write,), env=env)
     os.close(answer_write)

@@ -34,14 +34,11 @@ class BeamSearch(RowSearch):
     """A running beam search: `live` sentences x `width` beams, as rows; `width` is 1 until the
     first expansion, then beam_size. Every step keeps the k best continuations of each sentence."""
 
-    # Per live sentence: its length limit, the pieces its beams have, the nbest-th best finished
-    # score (-inf until it has nbest) and its beams' log-probs (live, width); per row: the pieces
-    # so far and the last one.
-    joined = ("limits", "steps", "nbest_score", "scores", "history", "prev_tokens")
-
     def __init__(self, model: DecodingModel, options: SearchOptions) -> None:
         super().__init__(model, options)
         self.keys: list[Hashable] = []  # of every live sentence
+        # Per live sentence: its length limit, the pieces its beams have, the nbest-th best
+        # finished score (-inf until it has nbest) and its beams' log-probs (live, width).
         self.limits = self.steps = self.nbest_score = torch.empty(0)
         self.scores = torch.empty(0, 1)
 

@@ -34,13 +34,12 @@ class GreedySearch(RowSearch):
     """A running greedy search: every row is one hypothesis of one sentence, extended by its
     most probable next piece."""
 
-    # Per row: the pieces so far and their count, their log-probability, the length limit, the last piece.
-    joined = ("history", "steps", "log_prob", "limits", "prev_tokens")
-
     def __init__(self, model: DecodingModel, options: SearchOptions) -> None:
         super().__init__(model, options)
         self.rows_per_sentence = 1
         self.row_keys: list[Hashable] = []  # the sentence of every row
+        # Per row, beside the pieces so far and the last one: their count, their log-probability
+        # and the length limit.
         self.steps = self.log_prob = self.limits = torch.empty(0)
 
     def choose(self, log_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,10 +23,6 @@ from nmt.search.running import can_join
 
 
 class RowSearch:
-    # Tensors with one entry per row or per sentence, which sentences that join extend
-    # (each strategy names its own): `join_rows` appends to all of them.
-    joined: tuple[str, ...] = ("history", "prev_tokens")
-
     def __init__(self, model: DecodingModel, options: SearchOptions) -> None:
         self.model, self.options = model, options
         self.state: DecoderState | None = None
@@ -54,9 +50,9 @@ class RowSearch:
         return torch.zeros(rows, self.history.size(1) if self.busy else 0, dtype=torch.long, device=device)
 
     def join_rows(self, state: DecoderState, tensors: dict[str, torch.Tensor], src_len: int) -> None:
-        """Make new sentences' decoder state and `joined` tensors the search's, when it is idle,
-        or append them to its own (`DecoderState.join`)."""
-        assert tensors.keys() == set(self.joined), "every joined tensor, and only those"
+        """Make new sentences' decoder state and their tensors of one entry per row or sentence
+        (attribute name -> tensor; each strategy has its own) the search's, when it is idle, or
+        append them to its own (`DecoderState.join`)."""
         if self.state is None:
             self.state = state
             for name, tensor in tensors.items():
