@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,17 @@ def is_model_directory(path: Path) -> bool:
     return path.is_dir() and (path / CONFIG).is_file() and (path / WEIGHTS).is_file()
 
 
-def write_model_directory(checkpoint: Checkpoint, directory: Path, precision: str = "fp32", card: str = "") -> None:
+def write_model_directory(
+    checkpoint: Checkpoint,
+    directory: Path,
+    precision: str = "fp32",
+    card: str = "",
+    graphs: Callable[[Path], dict] | None = None,
+) -> None:
     """Write `checkpoint`'s translation weights, config and tokenizer (and the model card) as a
-    model directory; written beside and renamed into place, so a failure leaves no half of one."""
+    model directory; written beside and renamed into place, so a failure leaves no half of one.
+    `graphs(dir)` may write more files there (ONNX graphs) and return their description, which
+    config.json keeps under "onnx"."""
     from safetensors.torch import save_file
 
     if precision not in PRECISIONS:
@@ -61,6 +70,8 @@ def write_model_directory(checkpoint: Checkpoint, directory: Path, precision: st
             "progress": asdict(checkpoint.progress),
             "averaged_from": [Path(member).name for member in checkpoint.averaged_from],  # no local paths
         }
+        if graphs is not None:
+            config["onnx"] = graphs(partial)
         (partial / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         checkpoint.tokenizer.save(partial)
         if card:

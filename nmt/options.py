@@ -14,6 +14,7 @@ from typing import Any
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "auto")
 QUANTIZE_KINDS = ("none", "int8")
+ENGINES = ("torch", "onnxruntime")
 LENGTH_PENALTIES = ("none", "average", "gnmt")
 STOPPING_RULES = ("early", "exact")
 HARD_MAX_LEN = 512  # no output is longer, whatever max_len_a and max_len_b say
@@ -118,6 +119,10 @@ class InferenceOptions:
         "fp32", "bf16: matrix products in bfloat16 (autocast); auto: bf16 where native", choices=PRECISIONS
     )
     quantize: str = option("none", "int8: dynamic int8 LSTM and linear layers (CPU)", choices=QUANTIZE_KINDS)
+    # onnxruntime: the ONNX graphs of a model directory (`nmt-export --onnx`), CPU, float32 or int8.
+    engine: str = option(
+        "torch", "onnxruntime: the model directory's ONNX graphs (nmt-export --onnx), CPU", choices=ENGINES
+    )
     batch_tokens: int = option(2000, "padded source tokens per batch")
     # Forked CPU processes that search batches side by side, the cores split between them
     # (nmt.workers); 0: one per core on Linux, else 1.
@@ -129,6 +134,10 @@ class InferenceOptions:
         check_choice("device", self.device, DEVICES)
         check_choice("precision", self.precision, PRECISIONS)
         check_choice("quantize", self.quantize, QUANTIZE_KINDS)
+        check_choice("engine", self.engine, ENGINES)
+        if self.engine == "onnxruntime":
+            check(self.device in ("auto", "cpu"), "engine=onnxruntime runs on the CPU; use device cpu (or auto)")
+            check(self.precision != "bf16", "engine=onnxruntime runs float32 or int8 graphs; use precision fp32")
         check_positive("batch_tokens", self.batch_tokens)
         check_positive("workers", self.workers, allow_zero=True)
         check_positive("max_src_len", self.max_src_len, allow_zero=True)

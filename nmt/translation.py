@@ -33,7 +33,8 @@ from nmt.model.device import autocast, resolve_precision
 from nmt.model.onednn import onednn_available, use_onednn_linears
 from nmt.model.quantize import quantize_int8
 from nmt.model.seq2seq import Seq2Seq
-from nmt.model_sources import load_for_translation
+from nmt.model_sources import load_for_translation, resolve_model
+from nmt.onnx_engine import OnnxModel
 from nmt.options import InferenceOptions, SearchOptions
 from nmt.search import DecodingModel, Hypothesis, search, start_search
 from nmt.search.ensemble import Ensemble
@@ -92,6 +93,9 @@ class Translator:
         self.max_src_len = InferenceOptions().max_src_len  # source pieces per line; 0: all
         self._frozen_searcher: DecodingModel | None = None
         self.members: list[Seq2Seq] = []  # an ensemble's other models
+        # With --engine onnxruntime, what search steps: the models' ONNX graphs (the torch
+        # models stay for the gate inspector).
+        self.graphs: list[OnnxModel] = []
 
     @classmethod
     def load(
@@ -112,6 +116,9 @@ class Translator:
         paths = [run_or_checkpoint] if isinstance(run_or_checkpoint, str | Path) else list(run_or_checkpoint)
         if not paths:
             raise ValueError("no checkpoint to translate with")
+        if inference.engine == "onnxruntime":  # the graphs run on the CPU, in float32 or int8 graphs
+            paths = [resolve_model(path) for path in paths]
+            inference = replace(inference, device="cpu", precision="fp32")
         loaded = [_load_for_translation(path, inference) for path in paths]
         (model, checkpoint), others = loaded[0], loaded[1:]
         tokenizer = checkpoint.tokenizer
@@ -128,7 +135,9 @@ class Translator:
             model, tokenizer, search_options, device, inference.batch_tokens, inference.precision, inference.workers
         )
         translator.members = [other_model for other_model, _ in others]
-        if (
+        if inference.engine == "onnxruntime":
+            translator.graphs = [OnnxModel.load(path, int8=inference.quantize == "int8") for path in paths]
+        elif (
             device.type == "cpu"
             and translator.precision == "fp32"
             and inference.quantize == "none"
@@ -164,7 +173,9 @@ class Translator:
     def _searcher(self) -> DecodingModel:
         # fp32 searches look the first layer's embedding half up in a table made from the weights
         # (bf16 autocast would cast it back at every step: it multiplies).
-        searchers = [model.for_search() if self.precision == "fp32" else model for model in self.models]
+        searchers: list[DecodingModel] = list(self.graphs)
+        if not searchers:
+            searchers = [model.for_search() if self.precision == "fp32" else model for model in self.models]
         return searchers[0] if len(searchers) == 1 else Ensemble(searchers)
 
     def with_options(self, search_options: SearchOptions) -> Translator:
@@ -326,7 +337,7 @@ def split_options(
 def _load_for_translation(run_or_checkpoint: str | Path, inference: InferenceOptions) -> tuple[Seq2Seq, Checkpoint]:
     """The checkpoint's model, int8-quantized when `inference` asks for it."""
     model, checkpoint = load_for_translation(run_or_checkpoint, inference.device)
-    if inference.quantize == "int8":
+    if inference.quantize == "int8" and inference.engine == "torch":
         if next(model.parameters()).device.type != "cpu":
             raise ValueError("int8 quantization runs on the CPU only; use device cpu")
         quantize_int8(model)

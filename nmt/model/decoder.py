@@ -310,7 +310,8 @@ class Decoder(nn.Module):
         beams * steps positions of one query."""
         assert self.attention is not None and state.keys is not None
         rows, steps = rnn_output.shape[:2]
-        query = rnn_output.reshape(rows // state.beams, state.beams * steps, -1)
+        # By the memory's sentences, not by `beams`: an exported graph reads the beams from the shapes.
+        query = rnn_output.reshape(state.memory.size(0), -1, rnn_output.size(-1))  # (sentences, beams * steps, hidden)
         context, weights = self.attention(query, state.keys, state.memory, state.src_mask)
         return context.reshape(rows, steps, -1), weights.reshape(rows, steps, -1)
 

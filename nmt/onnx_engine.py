@@ -1,0 +1,155 @@
+"""A model directory's ONNX graphs (`nmt.onnx_graphs`) as a model of the decoding protocol, run
+by ONNX Runtime: greedy, beam and sampling search, n-best and ensembles search it as they search
+the torch model.
+
+The decoder state is the torch model's own `DecoderState` over tensors that share memory with
+ONNX Runtime's outputs, so beam search's row moves (`reorder_beams`, `select_sentences`, `join`)
+are the same code; only `encode` and `step` run a graph.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nmt.model.decoder import DecoderState
+from nmt.model.encoder import RecurrentState
+from nmt.model_directory import CONFIG
+
+INT8_SUFFIX = ".int8"  # encoder.int8.onnx, decoder_step.int8.onnx: the graphs quantized
+
+
+class EngineError(ValueError):
+    """A model that ONNX Runtime cannot run as asked, said in one line."""
+
+
+@dataclass
+class OnnxEncoding:
+    """The encoder graph's outputs for one batch of sources."""
+
+    memory: torch.Tensor  # (batch, src_len, memory_size)
+    keys: torch.Tensor | None  # (batch, src_len, key_size); None without attention
+    src_mask: torch.Tensor  # (batch, src_len) bool
+    hidden: RecurrentState  # the bridged decoder state, (layers, batch, hidden) each
+
+
+class OnnxModel:
+    """The encoder and decoder-step graphs of one model directory, in ONNX Runtime sessions.
+
+    Sessions are made in the process that runs them, on first use: a forked worker (nmt.workers)
+    makes its own, with as many threads as torch has there."""
+
+    def __init__(self, directory: Path, description: dict, int8: bool = False) -> None:
+        self.directory, self.int8 = directory, int8
+        self.step_inputs: list[str] = description["step_inputs"]
+        self.step_outputs: list[str] = description["step_outputs"]
+        self.encoder_outputs: list[str] = description["encoder_outputs"]
+        self.input_feeding = "attentional" in self.step_inputs
+        suffix = INT8_SUFFIX if int8 else ""
+        self.paths = [directory / _with_suffix(description[kind], suffix) for kind in ("encoder", "decoder_step")]
+        missing = [path.name for path in self.paths if not path.is_file()]
+        if missing:
+            flag = " --quantize int8" if int8 else ""
+            raise EngineError(
+                f"{directory} has no {' or '.join(missing)}: export it with `nmt-export ... --onnx{flag}`"
+            )
+        self._sessions: tuple[int, object, object] | None = None  # (pid, encoder, step)
+        self.training = False  # the Translator's eval()/train() bookkeeping of its models
+
+    @classmethod
+    def load(cls, directory: Path, int8: bool = False) -> OnnxModel:
+        """The graphs of the model directory `directory` (written by `nmt-export --onnx`)."""
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            raise EngineError("--engine onnxruntime needs ONNX Runtime: pip install 'nmt[export]'") from None
+        if not directory.is_dir():
+            raise EngineError(
+                f"{directory} is a checkpoint: ONNX Runtime runs a model directory with graphs, "
+                f"`nmt-export {directory} DIR --onnx`"
+            )
+        description = json.loads((directory / CONFIG).read_text(encoding="utf-8")).get("onnx")
+        if not description:
+            raise EngineError(f"{directory} has no ONNX graphs: export it with `nmt-export RUN {directory} --onnx`")
+        return cls(directory, description, int8)
+
+    def eval(self) -> OnnxModel:
+        return self
+
+    def train(self, mode: bool = True) -> OnnxModel:
+        return self
+
+    def sessions(self):
+        """(encoder, step) sessions of this process."""
+        if self._sessions is None or self._sessions[0] != os.getpid():
+            import onnxruntime
+
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = torch.get_num_threads()
+            options.inter_op_num_threads = 1
+            options.log_severity_level = 3  # errors only: its warnings are about its own internals
+            made = [
+                onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+                for path in self.paths
+            ]
+            self._sessions = (os.getpid(), *made)
+        return self._sessions[1:]
+
+    # --- the decoding protocol -----------------------------------------------------------------
+    def encode(self, src: torch.Tensor, src_lengths: torch.Tensor) -> OnnxEncoding:
+        encoder, _ = self.sessions()
+        feeds = {"src": _array(src), "src_lengths": _array(src_lengths)}
+        named = dict(zip(self.encoder_outputs, map(torch.from_numpy, encoder.run(self.encoder_outputs, feeds))))
+        return OnnxEncoding(
+            named["memory"], named.get("keys"), named["src_mask"], RecurrentState(named["h"], named.get("c"))
+        )
+
+    def init_decoder(self, encoding: OnnxEncoding) -> DecoderState:
+        attentional = None
+        if self.input_feeding:
+            size = self._attentional_size()
+            attentional = encoding.memory.new_zeros(encoding.memory.size(0), size)
+        return DecoderState(encoding.hidden, encoding.memory, encoding.keys, encoding.src_mask, attentional)
+
+    def step(self, prev_tokens: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
+        _, step = self.sessions()
+        values = {
+            "prev_tokens": prev_tokens,
+            "h": state.hidden.h,
+            "c": state.hidden.c,
+            "attentional": state.attentional,
+            "memory": state.memory,
+            "keys": state.keys,
+            "src_mask": state.src_mask,
+        }
+        feeds = {name: _array(values[name]) for name in self.step_inputs}
+        named = dict(zip(self.step_outputs, map(torch.from_numpy, step.run(self.step_outputs, feeds))))
+        state = DecoderState(
+            hidden=RecurrentState(named["h_out"], named.get("c_out")),
+            memory=state.memory,
+            keys=state.keys,
+            src_mask=state.src_mask,
+            attentional=named.get("attentional_out"),
+            attention_weights=named.get("attention_weights"),
+            beams=state.beams,
+        )
+        return named["log_probs"], state
+
+    def _attentional_size(self) -> int:
+        _, step = self.sessions()
+        shape = next(node.shape for node in step.get_inputs() if node.name == "attentional")
+        return int(shape[-1])
+
+
+def _array(tensor: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(tensor.detach().numpy())
+
+
+def _with_suffix(name: str, suffix: str) -> str:
+    path = Path(name)
+    return path.stem + suffix + path.suffix
