@@ -36,6 +36,7 @@ class OnnxEncoding:
     keys: torch.Tensor | None  # (batch, src_len, key_size); None without attention
     src_mask: torch.Tensor  # (batch, src_len) bool
     hidden: RecurrentState  # the bridged decoder state, (layers, batch, hidden) each
+    attentional: torch.Tensor | None  # (batch, attentional_size) zeros with input feeding, else None
 
 
 class OnnxModel:
@@ -49,7 +50,6 @@ class OnnxModel:
         self.step_inputs: list[str] = description["step_inputs"]
         self.step_outputs: list[str] = description["step_outputs"]
         self.encoder_outputs: list[str] = description["encoder_outputs"]
-        self.input_feeding = "attentional" in self.step_inputs
         suffix = INT8_SUFFIX if int8 else ""
         self.paths = [directory / _with_suffix(description[kind], suffix) for kind in ("encoder", "decoder_step")]
         missing = [path.name for path in self.paths if not path.is_file()]
@@ -105,16 +105,11 @@ class OnnxModel:
         encoder, _ = self.sessions()
         feeds = {"src": _array(src), "src_lengths": _array(src_lengths)}
         named = dict(zip(self.encoder_outputs, map(torch.from_numpy, encoder.run(self.encoder_outputs, feeds))))
-        return OnnxEncoding(
-            named["memory"], named.get("keys"), named["src_mask"], RecurrentState(named["h"], named.get("c"))
-        )
+        hidden = RecurrentState(named["h"], named.get("c"))
+        return OnnxEncoding(named["memory"], named.get("keys"), named["src_mask"], hidden, named.get("attentional"))
 
     def init_decoder(self, encoding: OnnxEncoding) -> DecoderState:
-        attentional = None
-        if self.input_feeding:
-            size = self._attentional_size()
-            attentional = encoding.memory.new_zeros(encoding.memory.size(0), size)
-        return DecoderState(encoding.hidden, encoding.memory, encoding.keys, encoding.src_mask, attentional)
+        return DecoderState(encoding.hidden, encoding.memory, encoding.keys, encoding.src_mask, encoding.attentional)
 
     def step(self, prev_tokens: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
         _, step = self.sessions()
@@ -139,11 +134,6 @@ class OnnxModel:
             beams=state.beams,
         )
         return named["log_probs"], state
-
-    def _attentional_size(self) -> int:
-        _, step = self.sessions()
-        shape = next(node.shape for node in step.get_inputs() if node.name == "attentional")
-        return int(shape[-1])
 
 
 def _array(tensor: torch.Tensor) -> np.ndarray:

@@ -2,7 +2,8 @@
 
     encoder.onnx       src (batch, src_len) int64, src_lengths (batch,) int64 ->
                        memory (batch, src_len, memory_size), [keys (batch, src_len, key_size)],
-                       src_mask (batch, src_len) bool, h (decoder_layers, batch, hidden), [c]
+                       src_mask (batch, src_len) bool, h (decoder_layers, batch, hidden), [c],
+                       [attentional (batch, attentional_size): zeros, the first step's]
     decoder_step.onnx  prev_tokens (rows,) int64, h, [c], [attentional (rows, attentional_size)],
                        [memory, keys, src_mask] (sentences, src_len, ...) ->
                        log_probs (rows, tgt_vocab), h_out, [c_out], [attentional_out],
@@ -16,10 +17,10 @@ state, input feeding, attention). Batch, rows, sentences and source length are d
 
 The graphs come from torch's exporter (`torch.onnx.export(dynamo=True)`) over the model's own
 modules, so they compute what the model computes. The encoder's stack runs as torch's fused
-kernel (ONNX LSTM / GRU / RNN), handed each sentence's length (`sequence_lens`) as a packed
-sequence hands it to torch: padding never reaches a state, and the backward direction starts
-at each sentence's last token. Cells with no such kernel (peephole, cifg) export as decoders
-but not as encoders.
+kernel (ONNX LSTM / GRU), handed each sentence's length (`sequence_lens`) as a packed sequence
+hands it to torch: padding never reaches a state, and the backward direction starts at each
+sentence's last token. Encoders of the other cells (peephole, cifg, rnn) have no such node and
+are refused; every cell exports as a decoder (a step is plain tensor algebra).
 """
 
 from __future__ import annotations
@@ -45,7 +46,10 @@ log = logging.getLogger(__name__)
 
 ENCODER, DECODER_STEP = "encoder.onnx", "decoder_step.onnx"
 OPSET = 18
-RECURRENT_OPS = ("LSTM", "GRU", "RNN")
+RECURRENT_OPS = ("LSTM", "GRU")
+# Encoder cells whose torch kernel exports as one ONNX recurrent node; torch unrolls its tanh RNN
+# over the example's length, which would fix the source length.
+ENCODER_CELLS = ("lstm", "gru")
 
 
 class ExportError(ValueError):
@@ -67,7 +71,14 @@ class GraphSignature:
 
     @property
     def encoder_outputs(self) -> list[str]:
-        return ["memory", *(["keys"] if self.attention else []), "src_mask", "h", *(["c"] if self.cell_state else [])]
+        return [
+            "memory",
+            *(["keys"] if self.attention else []),
+            "src_mask",
+            "h",
+            *(["c"] if self.cell_state else []),
+            *(["attentional"] if self.input_feeding else []),
+        ]
 
     @property
     def step_inputs(self) -> list[str]:
@@ -96,13 +107,14 @@ class EncoderGraph(nn.Module):
     def __init__(self, model: Seq2Seq) -> None:
         super().__init__()
         stack = model.encoder.rnn
-        if stack.cells[0].torch_kernel is None:
+        if stack.kind not in ENCODER_CELLS:
             raise ExportError(
-                f"an encoder of {stack.kind} cells does not export to ONNX (no ONNX recurrent kernel runs "
-                "them); lstm, gru and rnn encoders do"
+                f"an encoder of {stack.kind} cells does not export to ONNX (torch's exporter has no ONNX "
+                f"recurrent node for them); {' and '.join(ENCODER_CELLS)} encoders do, with any decoder"
             )
         self.encoder, self.bridge, self.attention = model.encoder, model.bridge, model.decoder.attention
         self.kernel = stack.fused_module()
+        self.attentional_size = model.decoder.attentional_size
         self.signature = GraphSignature.of(model)
 
     def forward(self, src: torch.Tensor, src_lengths: torch.Tensor):
@@ -119,6 +131,8 @@ class EncoderGraph(nn.Module):
         outputs += [src != PAD_ID, hidden.h]
         if self.signature.cell_state:
             outputs.append(hidden.c)
+        if self.signature.input_feeding:  # the first step's previous attentional vector: zeros
+            outputs.append(memory.new_zeros(memory.size(0), self.attentional_size))
         return tuple(outputs)
 
 
@@ -296,7 +310,12 @@ def _feed_lengths(proto) -> None:
     # The exporter annotates output shapes from its example (e.g. a fixed source length): drop
     # what it says of the inner values and keep the declared inputs and outputs.
     del graph.value_info[:]
-    axes = {"memory": ("batch", "src_len"), "keys": ("batch", "src_len"), "src_mask": ("batch", "src_len")}
+    axes = {
+        "memory": ("batch", "src_len"),
+        "keys": ("batch", "src_len"),
+        "src_mask": ("batch", "src_len"),
+        "attentional": ("batch",),
+    }
     for output in graph.output:
         dims = output.type.tensor_type.shape.dim
         for index, name in enumerate(axes.get(output.name, (None, "batch"))):

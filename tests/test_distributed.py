@@ -252,6 +252,7 @@ def _rank_pid(launcher: int, rank: int) -> int:
     raise AssertionError(f"no rank {rank} under {launcher}")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_a_killed_rank_ends_the_job_with_one_message_naming_it(text_corpus, tmp_path):
     run = tmp_path / "run"

@@ -26,6 +26,8 @@ LAYERS = {
         "nmt.hub",
         "nmt.model_sources",
         "nmt.model_card",
+        "nmt.onnx_graphs",
+        "nmt.onnx_engine",
         "nmt.workers",
         "nmt.translation",
         "nmt.scoring",

@@ -171,6 +171,7 @@ def _run_train(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # waits out a timeout
 def test_ranks_waiting_for_a_long_preparation_do_not_time_out(text_corpus, tmp_path):
     """The ranks wait on the store's lock, outside any collective: a preparation that takes
     longer than train.process_timeout_s (here: another process holding the lock) is no error."""

@@ -1,0 +1,188 @@
+"""ONNX graphs of a model (`nmt-export --onnx`) and `--engine onnxruntime`: the graphs compute
+what the torch model computes, and every tool translates with them as with torch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import PAIRS
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+import nmt.cli.evaluate  # noqa: E402
+import nmt.cli.export  # noqa: E402
+import nmt.cli.translate  # noqa: E402
+from nmt.config import DecoderConfig, EncoderConfig, ModelConfig  # noqa: E402
+from nmt.model.seq2seq import build_model  # noqa: E402
+from nmt.onnx_engine import OnnxModel  # noqa: E402
+from nmt.onnx_graphs import DECODER_STEP, ENCODER, ExportError, compare_with_torch, export_graphs  # noqa: E402
+from nmt.options import ConfigError, InferenceOptions, SearchOptions  # noqa: E402
+from nmt.translation import Translator  # noqa: E402
+
+LINES = [source for source, _ in PAIRS[:12]]
+TORCH = {"device": "cpu", "workers": 1}
+ORT = {**TORCH, "engine": "onnxruntime"}
+
+
+@pytest.fixture(scope="module")
+def graphs(trained_run, tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("onnx") / "toy-de-en"
+    assert nmt.cli.export.main([str(trained_run), str(directory), "--onnx", "--quantize", "int8"]) == 0
+    return directory
+
+
+def test_the_directory_holds_checked_graphs_with_dynamic_batch_and_length(graphs):
+    description = json.loads((graphs / "config.json").read_text())["onnx"]
+    for name in (ENCODER, DECODER_STEP, "encoder.int8.onnx", "decoder_step.int8.onnx"):
+        onnx.checker.check_model(str(graphs / name), full_check=True)
+    assert description["check"]["random_batches"] == 100
+    assert description["check"]["max_abs_log_prob_difference"] < 1e-4
+    encoder = onnx.load(str(graphs / ENCODER))
+    shapes = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in encoder.graph.input}
+    assert shapes == {"src": ["batch", "src_len"], "src_lengths": ["batch"]}
+    step = onnx.load(str(graphs / DECODER_STEP))
+    assert [v.name for v in step.graph.input] == description["step_inputs"]
+    assert description["step_inputs"] == ["prev_tokens", "h", "c", "attentional", "memory", "keys", "src_mask"]
+
+
+def test_translations_with_onnxruntime_are_torch_s_greedy_beam_nbest_and_ensemble(graphs):
+    for options in ({"beam_size": 1}, {"beam_size": 3, "nbest": 2, "length_penalty": "gnmt"}):
+        expected = Translator.load(graphs, **TORCH, **options).translate_lines(LINES)
+        found = Translator.load(graphs, **ORT, **options).translate_lines(LINES)
+        assert [t.texts for t in found] == [t.texts for t in expected]
+        assert [t.score for t in found] == pytest.approx([t.score for t in expected], abs=1e-4)
+    ensemble = Translator.load([graphs, graphs], **ORT, beam_size=2).translate(LINES)
+    assert ensemble == Translator.load([graphs, graphs], **TORCH, beam_size=2).translate(LINES)
+
+
+def test_forked_workers_make_their_own_sessions(graphs):
+    lines = LINES * 20  # several batches
+    alone = Translator.load(graphs, **ORT, batch_tokens=60).translate(lines)
+    assert Translator.load(graphs, **{**ORT, "workers": 2}, batch_tokens=60).translate(lines) == alone
+
+
+def test_a_request_joins_a_search_under_way(graphs):
+    translator = Translator.load(graphs, **ORT, beam_size=2)
+    running, done = translator.running(), {}
+    running.add({"first": LINES[:3]})
+    running.step()
+    running.add({"second": LINES[3:6]})
+    while running.busy:
+        done.update(running.step())
+    assert [t.text for t in done["second"]] == translator.translate(LINES[3:6])
+
+
+def test_int8_graphs_translate_and_the_command_lines_take_the_engine(graphs, tmp_path, capsys, monkeypatch):
+    int8 = Translator.load(graphs, **ORT, quantize="int8").translate(LINES)
+    assert len(int8) == len(LINES) and all(int8)
+    source, reference = tmp_path / "in.de", tmp_path / "ref.en"
+    source.write_text("".join(line + "\n" for line in LINES))
+    reference.write_text("".join(target + "\n" for _, target in PAIRS[:12]))
+    outputs = {}
+    for engine in ("torch", "onnxruntime"):
+        outputs[engine] = tmp_path / f"{engine}.en"
+        argv = [str(graphs), "-i", str(source), "-o", str(outputs[engine]), "--device", "cpu", "--engine", engine]
+        assert nmt.cli.translate.main(argv) == 0
+    assert outputs["torch"].read_text() == outputs["onnxruntime"].read_text()
+    monkeypatch.chdir(tmp_path)
+    argv = [str(graphs), "--src", str(source), "--ref", str(reference), "--engine", "onnxruntime", "--beam", "2"]
+    assert nmt.cli.evaluate.main(argv) == 0 and "| BLEU" in capsys.readouterr().out
+
+
+def test_what_onnxruntime_cannot_run_is_one_line(graphs, trained_run, tmp_path, capsys):
+    plain = tmp_path / "plain"
+    assert nmt.cli.export.main([str(trained_run), str(plain)]) == 0
+    source = tmp_path / "in.de"
+    source.write_text(LINES[0] + "\n")
+    cases = [
+        (trained_run, [], "runs a model directory with graphs"),
+        (plain, [], "has no ONNX graphs"),
+        (plain.parent / "none", [], "no such"),
+    ]
+    capsys.readouterr()
+    for model, extra, words in cases[:2]:
+        assert nmt.cli.translate.main([str(model), "-i", str(source), "--engine", "onnxruntime", *extra]) == 2
+        error = capsys.readouterr().err.strip()
+        assert words in error and "\n" not in error, error
+    with pytest.raises(ConfigError, match="precision fp32"):
+        InferenceOptions(engine="onnxruntime", precision="bf16")
+    assert nmt.cli.export.main([str(trained_run), str(tmp_path / "q"), "--quantize", "int8"]) == 2
+    assert "add --onnx" in capsys.readouterr().err
+
+
+def _model(seed: int = 0, **changes) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    config = ModelConfig(
+        embed_dim=16,
+        encoder=changes.pop("encoder", EncoderConfig(12, 1, True)),
+        decoder=changes.pop("decoder", DecoderConfig(24, 1)),
+        dropout=0.0,
+        **changes,
+    )
+    return build_model(config, 50, 60).eval()
+
+
+def _check(model, tmp_path: Path, batches: int = 20) -> float:
+    description = export_graphs(model, tmp_path)
+    return compare_with_torch(model, OnnxModel(tmp_path, description), batches)
+
+
+@pytest.mark.slow
+def test_a_two_layer_gru_encoder_and_a_peephole_decoder_export_exactly(tmp_path):
+    model = _model(
+        encoder=EncoderConfig(12, 2, True, "gru"), decoder=DecoderConfig(24, 1, "peephole"), attention="luong_general"
+    )
+    assert _check(model, tmp_path) < 1e-4
+
+
+KINDS = {
+    "unidirectional encoder, cifg decoder, no attention": dict(
+        encoder=EncoderConfig(12, 1, False), decoder=DecoderConfig(24, 2, "cifg"), attention="none"
+    ),
+    "luong dot, tied embeddings, no input feeding": dict(
+        encoder=EncoderConfig(8, 2, True),
+        decoder=DecoderConfig(16, 2),
+        attention="luong_dot",
+        tie_embeddings=True,
+        input_feeding=False,
+    ),
+    "gru decoder from an lstm encoder of other depth": dict(
+        encoder=EncoderConfig(12, 3, True), decoder=DecoderConfig(24, 2, "gru"), attention="bahdanau"
+    ),
+    "rnn decoder from a gru encoder": dict(
+        encoder=EncoderConfig(12, 1, True, "gru"), decoder=DecoderConfig(24, 1, "rnn"), attention="bahdanau"
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_cell_attention_and_bridge_exports_exactly(kind, tmp_path):
+    assert _check(_model(**KINDS[kind]), tmp_path) < 1e-4
+
+
+@pytest.mark.parametrize("cell", ["peephole", "cifg", "rnn"])
+def test_an_encoder_of_cells_without_an_onnx_node_is_refused_in_one_line(cell, tmp_path):
+    with pytest.raises(ExportError, match=f"{cell} cells does not export"):
+        export_graphs(_model(encoder=EncoderConfig(12, 1, True, cell)), tmp_path)
+
+
+def test_the_service_translates_with_onnxruntime(graphs):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from nmt.service.app import Limits, create_app
+    from nmt.service.engine import Engine, EngineSettings, LoadedModel
+
+    inference = InferenceOptions(**ORT)
+    loaded = LoadedModel.load(graphs, inference)
+    with TestClient(create_app(Engine(loaded, EngineSettings()), inference, Limits())) as client:
+        answer = client.post("/translate", json={"segments": LINES[:4], "beam": 3})
+    assert answer.status_code == 200, answer.text
+    expected = Translator.load(graphs, SearchOptions(beam_size=3), InferenceOptions(**TORCH)).translate(LINES[:4])
+    assert [t["text"] for t in answer.json()["translations"]] == expected
