@@ -253,8 +253,17 @@ def export_graphs(model: Seq2Seq, directory: Path) -> dict:
 def _export(module: nn.Module, args, dynamic_shapes, input_names, output_names, path: Path) -> None:
     # Exported with gradients on (no parameter wants them): the in-place shortcuts that search
     # takes without autograd are then left out, and the graph holds the plain equations.
-    for parameter in module.parameters():
+    wanted = {parameter: parameter.requires_grad for parameter in module.parameters()}
+    for parameter in wanted:
         parameter.requires_grad_(False)
+    try:
+        _run_exporter(module, args, dynamic_shapes, input_names, output_names, path)
+    finally:
+        for parameter, requires_grad in wanted.items():
+            parameter.requires_grad_(requires_grad)
+
+
+def _run_exporter(module: nn.Module, args, dynamic_shapes, input_names, output_names, path: Path) -> None:
     with torch.enable_grad(), warnings.catch_warnings(), _quiet_exporter():
         warnings.simplefilter("ignore")
         torch.onnx.export(
