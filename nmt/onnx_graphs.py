@@ -16,11 +16,11 @@ consecutive rows per sentence of the memory (rows = sentences * beams), as in
 state, input feeding, attention). Batch, rows, sentences and source length are dynamic.
 
 The graphs come from torch's exporter (`torch.onnx.export(dynamo=True)`) over the model's own
-modules, so they compute what the model computes. The encoder's stack runs as torch's fused
-kernel (ONNX LSTM / GRU), handed each sentence's length (`sequence_lens`) as a packed sequence
-hands it to torch: padding never reaches a state, and the backward direction starts at each
-sentence's last token. Encoders of the other cells (peephole, cifg, rnn) have no such node and
-are refused; every cell exports as a decoder (a step is plain tensor algebra).
+modules, so they compute what the model computes. The encoder's stack runs as one ONNX LSTM or
+GRU node per layer (`export_kernel`: torch's kernel, or an exact identity of it for peephole,
+cifg and rnn cells), handed each sentence's length (`sequence_lens`) as a packed sequence hands
+it to torch: padding never reaches a state, and the backward direction starts at each
+sentence's last token. A decoder step is plain tensor algebra, for every cell.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from torch import nn
 from nmt.data.special import EOS_ID, PAD_ID
 from nmt.model.decoder import DecoderState
 from nmt.model.encoder import RecurrentState
+from nmt.model.rnn import RecurrentStack
 from nmt.model.seq2seq import Seq2Seq
 from nmt.onnx_engine import INT8_SUFFIX, OnnxModel
 
@@ -47,9 +48,10 @@ log = logging.getLogger(__name__)
 ENCODER, DECODER_STEP = "encoder.onnx", "decoder_step.onnx"
 OPSET = 18
 RECURRENT_OPS = ("LSTM", "GRU")
-# Encoder cells whose torch kernel exports as one ONNX recurrent node; torch unrolls its tanh RNN
-# over the example's length, which would fix the source length.
-ENCODER_CELLS = ("lstm", "gru")
+# Cells without a torch kernel of their own that export as one (export_kernel); torch's exporter
+# unrolls its tanh RNN over the example's length, which would fix the source length.
+CELLS_BY_IDENTITY = {"peephole": nn.LSTM, "cifg": nn.LSTM, "rnn": nn.GRU}
+SATURATED = 1e4  # a gate bias that puts sigmoid at 0 or 1
 
 
 class ExportError(ValueError):
@@ -107,20 +109,16 @@ class EncoderGraph(nn.Module):
     def __init__(self, model: Seq2Seq) -> None:
         super().__init__()
         stack = model.encoder.rnn
-        if stack.kind not in ENCODER_CELLS:
-            raise ExportError(
-                f"an encoder of {stack.kind} cells does not export to ONNX (torch's exporter has no ONNX "
-                f"recurrent node for them); {' and '.join(ENCODER_CELLS)} encoders do, with any decoder"
-            )
         self.encoder, self.bridge, self.attention = model.encoder, model.bridge, model.decoder.attention
-        self.kernel = stack.fused_module()
+        self.kernel, self.peepholes = export_kernel(stack)
         self.attentional_size = model.decoder.attentional_size
         self.signature = GraphSignature.of(model)
 
     def forward(self, src: torch.Tensor, src_lengths: torch.Tensor):
         encoder = self.encoder
         embedded = encoder.embed(src)  # (batch, src_len, embed_dim)
-        # Lengths reach the kernel by `sequence_lens`, set on the exported graph (_feed_lengths).
+        # Lengths reach the kernel by `sequence_lens`, set on the exported graph
+        # (_complete_recurrent_nodes).
         memory, final = self.kernel(embedded)  # (batch, src_len, output_size)
         h, c = final if encoder.rnn.has_cell_state else (final, None)
         c = None if c is None else encoder._join_directions(c)
@@ -134,6 +132,76 @@ class EncoderGraph(nn.Module):
         if self.signature.input_feeding:  # the first step's previous attentional vector: zeros
             outputs.append(memory.new_zeros(memory.size(0), self.attentional_size))
         return tuple(outputs)
+
+
+def export_kernel(stack: RecurrentStack) -> tuple[nn.Module, list[torch.Tensor] | None]:
+    """A torch.nn.LSTM or GRU that computes what `stack` computes, for the exporter to turn into
+    ONNX LSTM / GRU nodes, and for peephole cells each layer's ONNX peephole input P (directions,
+    3 * hidden: i, o, f), which torch's LSTM lacks and `_complete_recurrent_nodes` adds.
+
+    lstm and gru are torch's own kernels. The others are exact identities of them: cifg's input
+    gate 1 - sigma(z_f) is sigma(-z_f), an LSTM whose input-gate weights are the forget gate's
+    negated; a tanh RNN is a GRU whose update gate is shut and reset gate open (biases of
+    -+SATURATED: sigma is then 0 and 1 to float32's precision), so h_t = tanh(W x + U h + b)."""
+    if stack.kind in ("lstm", "gru"):
+        return stack.fused_module(), None
+    if stack.kind not in CELLS_BY_IDENTITY:
+        raise ExportError(f"an encoder of {stack.kind} cells has no ONNX recurrent node")
+    kernel_type = CELLS_BY_IDENTITY[stack.kind]
+    weights = {}
+    for index, cell in enumerate(stack.cells):
+        layer, direction = divmod(index, stack.num_directions)
+        suffix = f"_l{layer}" + ("_reverse" if direction else "")
+        products = _standin_products(cell)
+        for name, tensor in zip(("weight_ih", "bias_ih", "weight_hh", "bias_hh"), products):
+            weights[name + suffix] = tensor.detach().clone()
+    input_size = stack.cells[0].input_size
+    kernel = kernel_type(
+        input_size,
+        stack.hidden_size,
+        stack.num_layers,
+        batch_first=True,
+        bidirectional=stack.num_directions == 2,
+        device="meta",
+    )
+    kernel.load_state_dict(weights, assign=True)
+    peepholes = None
+    if stack.kind == "peephole":
+        peepholes = [
+            torch.stack(
+                [
+                    torch.cat([cell.peephole_i, cell.peephole_o, cell.peephole_f]).detach()
+                    for cell in stack.cells[layer * stack.num_directions : (layer + 1) * stack.num_directions]
+                ]
+            )
+            for layer in range(stack.num_layers)
+        ]
+    return kernel.eval(), peepholes
+
+
+def _standin_products(cell) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A cell's (W_ih, b_ih, W_hh, b_hh) in the layout of the torch kernel that stands in for it."""
+    w_ih, b_ih = cell.input_proj.weight, cell.input_proj.bias
+    w_hh, b_hh = cell.hidden_proj.weight, cell.hidden_proj.bias
+    if cell.kind == "peephole":  # the lstm's layout and gate order already
+        return w_ih, b_ih, w_hh, b_hh
+    if cell.kind == "cifg":  # (f, candidate, o) -> torch's (i, f, g, o) with i's weights -f's
+
+        def lstm(tensor: torch.Tensor) -> torch.Tensor:
+            forget, candidate, output = tensor.chunk(3)
+            return torch.cat([-forget, forget, candidate, output])
+
+        return lstm(w_ih), lstm(b_ih), lstm(w_hh), lstm(b_hh)
+    # rnn -> torch's GRU (r, z, n): r open, z shut, n the rnn's own products
+    hidden = cell.hidden_size
+    zeros_ih, zeros_hh = w_ih.new_zeros(2 * hidden, w_ih.size(1)), w_hh.new_zeros(2 * hidden, hidden)
+    gates = torch.cat([b_ih.new_full((hidden,), SATURATED), b_ih.new_full((hidden,), -SATURATED)])
+    return (
+        torch.cat([zeros_ih, w_ih]),
+        torch.cat([gates, b_ih]),
+        torch.cat([zeros_hh, w_hh]),
+        torch.cat([b_hh.new_zeros(2 * hidden), b_hh]),
+    )
 
 
 class StepGraph(nn.Module):
@@ -235,7 +303,7 @@ def export_graphs(model: Seq2Seq, directory: Path) -> dict:
         directory / DECODER_STEP,
     )
     encoder_proto = onnx.load(str(directory / ENCODER))
-    _feed_lengths(encoder_proto)
+    _complete_recurrent_nodes(encoder_proto, encoder_graph.peepholes)
     onnx.save(encoder_proto, str(directory / ENCODER))
     for path in (directory / ENCODER, directory / DECODER_STEP):
         onnx.checker.check_model(str(path), full_check=True)
@@ -296,22 +364,28 @@ def _quiet_exporter() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def _feed_lengths(proto) -> None:
-    """Hand every recurrent node of the encoder graph the sources' lengths (`sequence_lens`,
-    int32), so each sentence ends at its own last token as in a packed sequence."""
+def _complete_recurrent_nodes(proto, peepholes: list[torch.Tensor] | None) -> None:
+    """Hand every recurrent node of the encoder graph (one per layer, in order) the sources'
+    lengths (`sequence_lens`, int32), so each sentence ends at its own last token as in a packed
+    sequence, and with `peepholes` its layer's P."""
     import onnx
-    from onnx import TensorProto, helper
+    from onnx import TensorProto, helper, numpy_helper
 
     lengths = "src_lengths_int32"
     graph = proto.graph
     recurrent = [node for node in graph.node if node.op_type in RECURRENT_OPS]
-    if not recurrent:
-        raise ExportError("the exported encoder has no recurrent node to give the source lengths")
-    for node in recurrent:
-        inputs = list(node.input) + [""] * max(0, 5 - len(node.input))
-        if inputs[4]:
-            raise ExportError(f"the exported {node.op_type} node already takes sequence lengths")
+    if not recurrent or (peepholes is not None and len(peepholes) != len(recurrent)):
+        raise ExportError(f"the exported encoder has {len(recurrent)} recurrent nodes, not one per layer")
+    for layer, node in enumerate(recurrent):
+        inputs = list(node.input) + [""] * max(0, 8 - len(node.input))  # X W R B lens h0 c0 P
+        if inputs[4] or inputs[7]:
+            raise ExportError(f"the exported {node.op_type} node already takes sequence lengths or peepholes")
         inputs[4] = lengths
+        if peepholes is not None:
+            inputs[7] = f"peepholes_l{layer}"
+            graph.initializer.append(numpy_helper.from_array(peepholes[layer].numpy(), inputs[7]))
+        while inputs and not inputs[-1]:  # optional inputs left out at the end
+            inputs.pop()
         del node.input[:]
         node.input.extend(inputs)
     cast = helper.make_node("Cast", ["src_lengths"], [lengths], to=TensorProto.INT32, name="src_lengths_to_int32")
