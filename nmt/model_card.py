@@ -28,14 +28,22 @@ def saved_evaluations(results_dir: Path) -> list[dict[str, Any]]:
     return found
 
 
-def model_card(checkpoint: Checkpoint, name: str, evaluations: list[dict[str, Any]], license: str | None) -> str:
+def model_card(
+    checkpoint: Checkpoint,
+    name: str,
+    evaluations: list[dict[str, Any]],
+    license: str | None,
+    onnx: str | None = None,
+) -> str:
+    """The card; `onnx`: the directory also holds ONNX graphs, "fp32" or "int8" (with int8 copies)."""
     config = checkpoint.config
     data, model = config.data, config.model
     pair = f"{data.src_lang}-{data.tgt_lang}"
     front: dict[str, Any] = {"language": [data.src_lang, data.tgt_lang]}
     if license:
         front["license"] = license
-    front |= {"tags": ["translation", "nmt", "lstm"], "library_name": "nmt", "pipeline_tag": "translation"}
+    tags = ["translation", "nmt", "lstm", *(["onnx"] if onnx else [])]
+    front |= {"tags": tags, "library_name": "nmt", "pipeline_tag": "translation"}
     results = [_result(evaluation, pair, data.name) for evaluation in evaluations]
     if results:
         front["metrics"] = sorted({metric["type"] for result in results for metric in result["metrics"]})
@@ -72,6 +80,7 @@ def model_card(checkpoint: Checkpoint, name: str, evaluations: list[dict[str, An
         f'Translator.load("{name}", beam_size=5).translate(["..."])',
         "```",
         "",
+        *(_onnx_lines(name, onnx) if onnx else []),
         "## Evaluation",
         "",
         *(
@@ -86,6 +95,20 @@ def model_card(checkpoint: Checkpoint, name: str, evaluations: list[dict[str, An
         "```",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _onnx_lines(name: str, onnx: str) -> list[str]:
+    int8 = onnx == "int8"
+    return [
+        "The directory also holds the model as two ONNX graphs, `encoder.onnx` and `decoder_step.onnx`"
+        + (" (and int8 copies, `*.int8.onnx`)" if int8 else "")
+        + ", for ONNX Runtime or any other ONNX engine:",
+        "",
+        "```bash",
+        f'echo "..." | nmt-translate {name} --beam 5 --engine onnxruntime' + (" [--quantize int8]" if int8 else ""),
+        "```",
+        "",
+    ]
 
 
 def _result(evaluation: dict[str, Any], pair: str, dataset: str) -> dict[str, Any]:

@@ -49,6 +49,8 @@ def test_the_directory_holds_checked_graphs_with_dynamic_batch_and_length(graphs
     step = onnx.load(str(graphs / DECODER_STEP))
     assert [v.name for v in step.graph.input] == description["step_inputs"]
     assert description["step_inputs"] == ["prev_tokens", "h", "c", "attentional", "memory", "keys", "src_mask"]
+    card = (graphs / "README.md").read_text()
+    assert "onnx" in card.split("---")[1] and "--engine onnxruntime [--quantize int8]" in card
 
 
 def test_translations_with_onnxruntime_are_torch_s_greedy_beam_nbest_and_ensemble(graphs):

@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
         evaluations = [] if path.is_dir() else saved_evaluations(run_dir / "results")
         name = args.name or args.directory.resolve().name
-        card = model_card(checkpoint, name, evaluations, args.license)
+        onnx = (args.quantize if args.quantize != "none" else "fp32") if args.onnx else None
+        card = model_card(checkpoint, name, evaluations, args.license, onnx)
         graphs = None
         if args.onnx:
             graphs = functools.partial(onnx_graphs, checkpoint, int8=args.quantize == "int8")
