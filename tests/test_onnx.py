@@ -173,9 +173,8 @@ def test_every_cell_attention_and_bridge_exports_exactly(kind, tmp_path):
     assert _check(_model(**KINDS[kind]), tmp_path) < 1e-4
 
 
-@pytest.mark.parametrize(
-    "cell", ["peephole", *(pytest.param(cell, marks=pytest.mark.slow) for cell in ("cifg", "rnn"))]
-)
+@pytest.mark.slow
+@pytest.mark.parametrize("cell", ["peephole", "cifg", "rnn"])
 def test_encoders_of_cells_torch_has_no_kernel_for_export_exactly(cell, tmp_path):
     # peephole: ONNX LSTM's P; cifg: an LSTM with the input gate sigma(-z_f); rnn: a GRU with its gates fixed
     model = _model(encoder=EncoderConfig(12, 2, True, cell), attention="luong_general")
