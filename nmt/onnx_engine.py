@@ -43,10 +43,11 @@ class OnnxModel:
     """The encoder and decoder-step graphs of one model directory, in ONNX Runtime sessions.
 
     Sessions are made in the process that runs them, on first use: a forked worker (nmt.workers)
-    makes its own, with as many threads as torch has there."""
+    makes its own, with as many threads as torch has there (one)."""
 
-    def __init__(self, directory: Path, description: dict, int8: bool = False) -> None:
+    def __init__(self, directory: Path, description: dict, int8: bool = False, threads: int | None = None) -> None:
         self.directory, self.int8 = directory, int8
+        self.threads = threads  # per session; None: as many as torch has in the process
         self.step_inputs: list[str] = description["step_inputs"]
         self.step_outputs: list[str] = description["step_outputs"]
         self.encoder_outputs: list[str] = description["encoder_outputs"]
@@ -62,8 +63,11 @@ class OnnxModel:
         self.training = False  # the Translator's eval()/train() bookkeeping of its models
 
     @classmethod
-    def load(cls, directory: Path, int8: bool = False) -> OnnxModel:
-        """The graphs of the model directory `directory` (written by `nmt-export --onnx`)."""
+    def load(cls, directory: Path, int8: bool = False, threads: int | None = None) -> OnnxModel:
+        """The graphs of the model directory `directory` (written by `nmt-export --onnx`).
+
+        `threads=1` for a process that forks workers after it has searched: a session with a
+        pool of threads in the parent makes a forked child's sessions hang."""
         try:
             import onnxruntime  # noqa: F401
         except ImportError:
@@ -76,7 +80,7 @@ class OnnxModel:
         description = json.loads((directory / CONFIG).read_text(encoding="utf-8")).get("onnx")
         if not description:
             raise EngineError(f"{directory} has no ONNX graphs: export it with `nmt-export RUN {directory} --onnx`")
-        return cls(directory, description, int8)
+        return cls(directory, description, int8, threads)
 
     def eval(self) -> OnnxModel:
         return self
@@ -90,7 +94,7 @@ class OnnxModel:
             import onnxruntime
 
             options = onnxruntime.SessionOptions()
-            options.intra_op_num_threads = torch.get_num_threads()
+            options.intra_op_num_threads = self.threads or torch.get_num_threads()
             options.inter_op_num_threads = 1
             options.log_severity_level = 3  # errors only: its warnings are about its own internals
             made = [

@@ -136,7 +136,11 @@ class Translator:
         )
         translator.members = [other_model for other_model, _ in others]
         if inference.engine == "onnxruntime":
-            translator.graphs = [OnnxModel.load(path, int8=inference.quantize == "int8") for path in paths]
+            # One thread per session where workers are forked: a parent's session with a thread
+            # pool would hang its children's sessions.
+            threads = 1 if translator.workers > 1 else None
+            int8 = inference.quantize == "int8"
+            translator.graphs = [OnnxModel.load(path, int8=int8, threads=threads) for path in paths]
         elif (
             device.type == "cpu"
             and translator.precision == "fp32"

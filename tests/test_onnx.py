@@ -4,7 +4,11 @@ what the torch model computes, and every tool translates with them as with torch
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -63,10 +67,28 @@ def test_translations_with_onnxruntime_are_torch_s_greedy_beam_nbest_and_ensembl
     assert ensemble == Translator.load([graphs, graphs], **TORCH, beam_size=2).translate(LINES)
 
 
-def test_forked_workers_make_their_own_sessions(graphs):
+def test_forked_workers_make_their_own_sessions_after_the_parent_searched(graphs, tmp_path):
     lines = LINES * 20  # several batches
     alone = Translator.load(graphs, **ORT, batch_tokens=60).translate(lines)
-    assert Translator.load(graphs, **{**ORT, "workers": 2}, batch_tokens=60).translate(lines) == alone
+    (tmp_path / "lines.json").write_text(json.dumps(lines))
+    # In a child process with a deadline: a fork after the parent's sessions ran could hang.
+    code = (
+        "import json, sys; from nmt.translation import Translator\n"
+        "t = Translator.load(sys.argv[1], device='cpu', engine='onnxruntime', workers=2, batch_tokens=60)\n"
+        "lines = json.loads(open(sys.argv[2]).read())\n"
+        "t.translate(lines[:1])  # one batch: searched in this process\n"
+        "print(json.dumps(t.translate(lines)))  # several: searched by forked workers\n"
+    )
+    command = [sys.executable, "-c", code, str(graphs), str(tmp_path / "lines.json")]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = child.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)  # its forked workers too
+        child.communicate()
+        pytest.fail("the forked workers hung")
+    assert child.returncode == 0, err
+    assert json.loads(out) == alone
 
 
 def test_a_request_joins_a_search_under_way(graphs):
