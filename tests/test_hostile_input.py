@@ -370,7 +370,9 @@ BIN = Path(sys.executable).parent
 SLOW = pytest.mark.slow  # a whole nmt-train start each: the fast run keeps two of them
 TRAIN_CASES = [
     pytest.param("missing corpus", ["data.source=NOPE"], "does not exist", marks=SLOW),
-    pytest.param("empty training files", ["data.source=EMPTY"], "holds no sentence pair with both sides non-empty"),
+    pytest.param(
+        "empty training files", ["data.source=EMPTY"], "holds no sentence pair with both sides non-empty", marks=SLOW
+    ),
     pytest.param("mismatched line counts", ["data.source=UNEVEN"], "lines", marks=SLOW),
     # test_train checks the same key among its user errors
     pytest.param("unknown key", ["train.lr_rate=0.1"], "unknown key train.lr_rate", marks=SLOW),

@@ -272,9 +272,9 @@ def test_sigkill_mid_run_then_resume_finishes(text_corpus, tmp_path):
     "override, message",
     [
         ("data.source=/no/such/corpus", "data source directory '/no/such/corpus' does not exist"),
-        ("model.attention=luong", "model.attention='luong' is not valid"),
+        pytest.param("model.attention=luong", "model.attention='luong' is not valid", marks=pytest.mark.slow),
         ("train.lr_rate=0.1", "unknown key train.lr_rate (did you mean train.lr_patience?); train has: seed,"),
-        ("model.encoder.hiden_size=3", "did you mean model.encoder.hidden_size?"),
+        pytest.param("model.encoder.hiden_size=3", "did you mean model.encoder.hidden_size?", marks=pytest.mark.slow),
     ],
 )
 def test_user_errors_end_in_one_clear_message(tmp_path, override, message):
