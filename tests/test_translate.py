@@ -211,6 +211,7 @@ def test_a_checkpoint_with_torchs_weight_names_in_its_cells_still_loads(checkpoi
         assert torch.equal(loaded.state_dict()[name], weight), name
 
 
+@pytest.mark.slow  # test_sampling holds the same behaviour through the API
 def test_cli_samples_and_blocks_repeated_ngrams(trained_run):
     lines = "\n".join(SOURCES[:20]) + "\n"
     sampled = run_cli(str(trained_run), "--sample", "--temperature", "0.7", "--top-k", "20", "--seed", "3", stdin=lines)
