@@ -60,7 +60,6 @@ class OnnxModel:
                 f"{directory} has no {' or '.join(missing)}: export it with `nmt-export ... --onnx{flag}`"
             )
         self._sessions: tuple[int, object, object] | None = None  # (pid, encoder, step)
-        self.training = False  # the Translator's eval()/train() bookkeeping of its models
 
     @classmethod
     def load(cls, directory: Path, int8: bool = False, threads: int | None = None) -> OnnxModel:
@@ -81,12 +80,6 @@ class OnnxModel:
         if not description:
             raise EngineError(f"{directory} has no ONNX graphs: export it with `nmt-export RUN {directory} --onnx`")
         return cls(directory, description, int8, threads)
-
-    def eval(self) -> OnnxModel:
-        return self
-
-    def train(self, mode: bool = True) -> OnnxModel:
-        return self
 
     def sessions(self):
         """(encoder, step) sessions of this process."""

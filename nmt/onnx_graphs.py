@@ -17,8 +17,8 @@ state, input feeding, attention). Batch, rows, sentences and source length are d
 
 The graphs come from torch's exporter (`torch.onnx.export(dynamo=True)`) over the model's own
 modules, so they compute what the model computes. The encoder's stack runs as one ONNX LSTM or
-GRU node per layer (`export_kernel`: torch's kernel, or an exact identity of it for peephole,
-cifg and rnn cells), handed each sentence's length (`sequence_lens`) as a packed sequence hands
+GRU node per layer (`nmt.onnx_kernels`: torch's kernel, or an exact identity of it for
+peephole, cifg and rnn cells), handed each sentence's length (`sequence_lens`) as a packed sequence hands
 it to torch: padding never reaches a state, and the backward direction starts at each
 sentence's last token. A decoder step is plain tensor algebra, for every cell.
 """
@@ -38,24 +38,15 @@ from torch import nn
 
 from nmt.data.special import EOS_ID, PAD_ID
 from nmt.model.decoder import DecoderState
-from nmt.model.encoder import RecurrentState
-from nmt.model.rnn import RecurrentStack
+from nmt.model.encoder import EncoderOutput, RecurrentState
 from nmt.model.seq2seq import Seq2Seq
 from nmt.onnx_engine import INT8_SUFFIX, OnnxModel
+from nmt.onnx_kernels import ExportError, complete_recurrent_nodes, export_kernel
 
 log = logging.getLogger(__name__)
 
 ENCODER, DECODER_STEP = "encoder.onnx", "decoder_step.onnx"
 OPSET = 18
-RECURRENT_OPS = ("LSTM", "GRU")
-# Cells without a torch kernel of their own that export as one (export_kernel); torch's exporter
-# unrolls its tanh RNN over the example's length, which would fix the source length.
-CELLS_BY_IDENTITY = {"peephole": nn.LSTM, "cifg": nn.LSTM, "rnn": nn.GRU}
-SATURATED = 1e4  # a gate bias that puts sigmoid at 0 or 1
-
-
-class ExportError(ValueError):
-    """A model that cannot be exported as ONNX graphs, said in one line."""
 
 
 @dataclass(frozen=True)
@@ -108,100 +99,29 @@ class EncoderGraph(nn.Module):
 
     def __init__(self, model: Seq2Seq) -> None:
         super().__init__()
-        stack = model.encoder.rnn
-        self.encoder, self.bridge, self.attention = model.encoder, model.bridge, model.decoder.attention
-        self.kernel, self.peepholes = export_kernel(stack)
-        self.attentional_size = model.decoder.attentional_size
+        self.model = model
+        self.kernel, self.peepholes = export_kernel(model.encoder.rnn)
         self.signature = GraphSignature.of(model)
 
     def forward(self, src: torch.Tensor, src_lengths: torch.Tensor):
-        encoder = self.encoder
+        encoder = self.model.encoder
         embedded = encoder.embed(src)  # (batch, src_len, embed_dim)
         # Lengths reach the kernel by `sequence_lens`, set on the exported graph
-        # (_complete_recurrent_nodes).
+        # (complete_recurrent_nodes).
         memory, final = self.kernel(embedded)  # (batch, src_len, output_size)
         h, c = final if encoder.rnn.has_cell_state else (final, None)
         c = None if c is None else encoder._join_directions(c)
-        hidden = self.bridge(RecurrentState(encoder._join_directions(h), c))
-        outputs = [memory]
-        if self.attention is not None:
-            outputs.append(self.attention.project_keys(memory))
-        outputs += [src != PAD_ID, hidden.h]
-        if self.signature.cell_state:
-            outputs.append(hidden.c)
-        if self.signature.input_feeding:  # the first step's previous attentional vector: zeros
-            outputs.append(memory.new_zeros(memory.size(0), self.attentional_size))
-        return tuple(outputs)
-
-
-def export_kernel(stack: RecurrentStack) -> tuple[nn.Module, list[torch.Tensor] | None]:
-    """A torch.nn.LSTM or GRU that computes what `stack` computes, for the exporter to turn into
-    ONNX LSTM / GRU nodes, and for peephole cells each layer's ONNX peephole input P (directions,
-    3 * hidden: i, o, f), which torch's LSTM lacks and `_complete_recurrent_nodes` adds.
-
-    lstm and gru are torch's own kernels. The others are exact identities of them: cifg's input
-    gate 1 - sigma(z_f) is sigma(-z_f), an LSTM whose input-gate weights are the forget gate's
-    negated; a tanh RNN is a GRU whose update gate is shut and reset gate open (biases of
-    -+SATURATED: sigma is then 0 and 1 to float32's precision), so h_t = tanh(W x + U h + b)."""
-    if stack.kind in ("lstm", "gru"):
-        return stack.fused_module(), None
-    if stack.kind not in CELLS_BY_IDENTITY:
-        raise ExportError(f"an encoder of {stack.kind} cells has no ONNX recurrent node")
-    kernel_type = CELLS_BY_IDENTITY[stack.kind]
-    weights = {}
-    for index, cell in enumerate(stack.cells):
-        layer, direction = divmod(index, stack.num_directions)
-        suffix = f"_l{layer}" + ("_reverse" if direction else "")
-        products = _standin_products(cell)
-        for name, tensor in zip(("weight_ih", "bias_ih", "weight_hh", "bias_hh"), products):
-            weights[name + suffix] = tensor.detach().clone()
-    input_size = stack.cells[0].input_size
-    kernel = kernel_type(
-        input_size,
-        stack.hidden_size,
-        stack.num_layers,
-        batch_first=True,
-        bidirectional=stack.num_directions == 2,
-        device="meta",
-    )
-    kernel.load_state_dict(weights, assign=True)
-    peepholes = None
-    if stack.kind == "peephole":
-        peepholes = [
-            torch.stack(
-                [
-                    torch.cat([cell.peephole_i, cell.peephole_o, cell.peephole_f]).detach()
-                    for cell in stack.cells[layer * stack.num_directions : (layer + 1) * stack.num_directions]
-                ]
-            )
-            for layer in range(stack.num_layers)
-        ]
-    return kernel.eval(), peepholes
-
-
-def _standin_products(cell) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A cell's (W_ih, b_ih, W_hh, b_hh) in the layout of the torch kernel that stands in for it."""
-    w_ih, b_ih = cell.input_proj.weight, cell.input_proj.bias
-    w_hh, b_hh = cell.hidden_proj.weight, cell.hidden_proj.bias
-    if cell.kind == "peephole":  # the lstm's layout and gate order already
-        return w_ih, b_ih, w_hh, b_hh
-    if cell.kind == "cifg":  # (f, candidate, o) -> torch's (i, f, g, o) with i's weights -f's
-
-        def lstm(tensor: torch.Tensor) -> torch.Tensor:
-            forget, candidate, output = tensor.chunk(3)
-            return torch.cat([-forget, forget, candidate, output])
-
-        return lstm(w_ih), lstm(b_ih), lstm(w_hh), lstm(b_hh)
-    # rnn -> torch's GRU (r, z, n): r open, z shut, n the rnn's own products
-    hidden = cell.hidden_size
-    zeros_ih, zeros_hh = w_ih.new_zeros(2 * hidden, w_ih.size(1)), w_hh.new_zeros(2 * hidden, hidden)
-    gates = torch.cat([b_ih.new_full((hidden,), SATURATED), b_ih.new_full((hidden,), -SATURATED)])
-    return (
-        torch.cat([zeros_ih, w_ih]),
-        torch.cat([gates, b_ih]),
-        torch.cat([zeros_hh, w_hh]),
-        torch.cat([b_hh.new_zeros(2 * hidden), b_hh]),
-    )
+        encoded = EncoderOutput(memory, src != PAD_ID, RecurrentState(encoder._join_directions(h), c))
+        state = self.model.init_decoder(encoded)  # the bridge, the keys, the first attentional zeros
+        named = {
+            "memory": state.memory,
+            "keys": state.keys,
+            "src_mask": state.src_mask,
+            "h": state.hidden.h,
+            "c": state.hidden.c,
+            "attentional": state.attentional,
+        }
+        return tuple(named[name] for name in self.signature.encoder_outputs)
 
 
 class StepGraph(nn.Module):
@@ -222,14 +142,14 @@ class StepGraph(nn.Module):
             attentional=named.get("attentional"),
         )
         log_probs, state = self.decoder.step(named["prev_tokens"], state)
-        outputs = [log_probs, state.hidden.h]
-        if self.signature.cell_state:
-            outputs.append(state.hidden.c)
-        if self.signature.input_feeding:
-            outputs.append(state.attentional)
-        if self.signature.attention:
-            outputs.append(state.attention_weights)
-        return tuple(outputs)
+        outputs = {
+            "log_probs": log_probs,
+            "h_out": state.hidden.h,
+            "c_out": state.hidden.c,
+            "attentional_out": state.attentional,
+            "attention_weights": state.attention_weights,
+        }
+        return tuple(outputs[name] for name in self.signature.step_outputs)
 
 
 def example_encoder_inputs(batch: int, src_len: int, vocab_size: int, generator: torch.Generator):
@@ -303,7 +223,7 @@ def export_graphs(model: Seq2Seq, directory: Path) -> dict:
         directory / DECODER_STEP,
     )
     encoder_proto = onnx.load(str(directory / ENCODER))
-    _complete_recurrent_nodes(encoder_proto, encoder_graph.peepholes)
+    complete_recurrent_nodes(encoder_proto, encoder_graph.peepholes)
     onnx.save(encoder_proto, str(directory / ENCODER))
     for path in (directory / ENCODER, directory / DECODER_STEP):
         onnx.checker.check_model(str(path), full_check=True)
@@ -364,50 +284,7 @@ def _quiet_exporter() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def _complete_recurrent_nodes(proto, peepholes: list[torch.Tensor] | None) -> None:
-    """Hand every recurrent node of the encoder graph (one per layer, in order) the sources'
-    lengths (`sequence_lens`, int32), so each sentence ends at its own last token as in a packed
-    sequence, and with `peepholes` its layer's P."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    lengths = "src_lengths_int32"
-    graph = proto.graph
-    recurrent = [node for node in graph.node if node.op_type in RECURRENT_OPS]
-    if not recurrent or (peepholes is not None and len(peepholes) != len(recurrent)):
-        raise ExportError(f"the exported encoder has {len(recurrent)} recurrent nodes, not one per layer")
-    for layer, node in enumerate(recurrent):
-        inputs = list(node.input) + [""] * max(0, 8 - len(node.input))  # X W R B lens h0 c0 P
-        if inputs[4] or inputs[7]:
-            raise ExportError(f"the exported {node.op_type} node already takes sequence lengths or peepholes")
-        inputs[4] = lengths
-        if peepholes is not None:
-            inputs[7] = f"peepholes_l{layer}"
-            graph.initializer.append(numpy_helper.from_array(peepholes[layer].numpy(), inputs[7]))
-        while inputs and not inputs[-1]:  # optional inputs left out at the end
-            inputs.pop()
-        del node.input[:]
-        node.input.extend(inputs)
-    cast = helper.make_node("Cast", ["src_lengths"], [lengths], to=TensorProto.INT32, name="src_lengths_to_int32")
-    graph.node.insert(0, cast)
-    # The exporter annotates output shapes from its example (e.g. a fixed source length): drop
-    # what it says of the inner values and keep the declared inputs and outputs.
-    del graph.value_info[:]
-    axes = {
-        "memory": ("batch", "src_len"),
-        "keys": ("batch", "src_len"),
-        "src_mask": ("batch", "src_len"),
-        "attentional": ("batch",),
-    }
-    for output in graph.output:
-        dims = output.type.tensor_type.shape.dim
-        for index, name in enumerate(axes.get(output.name, (None, "batch"))):
-            if name is not None:
-                dims[index].dim_param = name  # clears a fixed dim_value
-    onnx.checker.check_model(proto)
-
-
-def compare_with_torch(model, graphs: OnnxModel, batches: int = 100, steps: int = 3, seed: int = 0) -> float:
+def compare_with_torch(model: Seq2Seq, graphs: OnnxModel, batches: int = 100, steps: int = 3, seed: int = 0) -> float:
     """The largest absolute difference of next-piece log-probabilities between the graphs and
     the torch `model`, over `batches` random batches (1-8 sentences of 1-40 pieces, 1-5 beams),
     each decoded `steps` steps from random pieces with random beam moves."""
@@ -427,7 +304,7 @@ def compare_with_torch(model, graphs: OnnxModel, batches: int = 100, steps: int 
                 for searcher in (model, graphs)
             ]
             for _ in range(steps):
-                tokens = torch.randint(4, vocab, (sentences * beams,), generator=generator)
+                tokens = torch.randint(EOS_ID + 1, vocab, (sentences * beams,), generator=generator)
                 results = [searcher.step(tokens, state) for searcher, state in zip((model, graphs), states)]
                 difference = (results[0][0] - results[1][0]).abs().max()
                 largest = max(largest, float(difference))
@@ -445,8 +322,7 @@ def write_graphs(model: Seq2Seq, directory: Path, int8: bool = False, check_batc
     """Export `model`'s graphs into `directory` (with int8 copies, `quantize_dynamic`, if asked),
     check them against torch on `check_batches` random batches -> their description for
     config.json, the check's figures included."""
-    model = model.float().eval()
-    description = export_graphs(model, directory)
+    description = export_graphs(model, directory)  # leaves the model float32, in eval mode
     difference = compare_with_torch(model, OnnxModel(directory, description), check_batches)
     if difference > TOLERANCE:
         raise ExportError(

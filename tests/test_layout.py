@@ -27,6 +27,7 @@ LAYERS = {
         "nmt.model_sources",
         "nmt.model_card",
         "nmt.onnx_graphs",
+        "nmt.onnx_kernels",
         "nmt.onnx_engine",
         "nmt.workers",
         "nmt.translation",

@@ -93,12 +93,15 @@ class RecurrentStack(nn.Module):
         return self._forward_cells(x, lengths, initial, record)
 
     # --- fused: torch's kernels with our weights ---------------------------------------------
-    def fused_module(self) -> nn.Module:
-        """A real torch.nn.LSTM / GRU / RNN holding a copy of these weights (for quantization)."""
-        assert self._fused is not None
-        template = self._fused[0]
-        module = type(template)(
-            template.input_size,
+    def fused_module(self, kernel: type[nn.Module] | None = None, products=None) -> nn.Module:
+        """A real torch.nn.LSTM / GRU / RNN holding a copy of these weights (for quantization).
+        With `kernel` and `products` (cell -> its W_ih, b_ih, W_hh, b_hh in that kernel's layout),
+        another kernel that computes what these cells compute (the ONNX export of cells torch
+        has no kernel for)."""
+        kernel = kernel or self.cells[0].torch_kernel
+        assert kernel is not None
+        module = kernel(
+            self.cells[0].input_size,
             self.hidden_size,
             self.num_layers,
             batch_first=True,
@@ -106,17 +109,21 @@ class RecurrentStack(nn.Module):
             bidirectional=self.num_directions == 2,
             device="meta",  # no random init: it gets our weights
         )
-        weights = {name: weight.detach().clone() for name, weight in self._fused_weights().items()}
+        weights = {name: weight.detach().clone() for name, weight in self._fused_weights(products).items()}
         module.load_state_dict(weights, assign=True)
         return module.eval()
 
-    def _fused_weights(self) -> dict[str, torch.Tensor]:
+    def _fused_weights(self, products=None) -> dict[str, torch.Tensor]:
         weights = {}
         for index, cell in enumerate(self.cells):
             layer, direction = divmod(index, self.num_directions)
             suffix = f"_l{layer}" + ("_reverse" if direction else "")
-            weights["weight_ih" + suffix], weights["bias_ih" + suffix] = cell.input_proj.weight, cell.input_proj.bias
-            weights["weight_hh" + suffix], weights["bias_hh" + suffix] = cell.hidden_proj.weight, cell.hidden_proj.bias
+            names = ("weight_ih" + suffix, "bias_ih" + suffix, "weight_hh" + suffix, "bias_hh" + suffix)
+            if products is not None:
+                weights.update(zip(names, products(cell)))
+            else:  # the cell's own
+                own = (cell.input_proj.weight, cell.input_proj.bias, cell.hidden_proj.weight, cell.hidden_proj.bias)
+                weights.update(zip(names, own))
         return weights
 
     def _forward_fused(self, x, lengths, initial) -> StackOutput:
